@@ -1,0 +1,5 @@
+"""Dataset readers (BraTS and nnSeq2Seq layouts) and the phantom simulator (:mod:`.phantom`)."""
+
+from .datasets import check_case_geometry, detect_layout, list_brats_cases, list_cases, list_nnseq2seq_cases
+
+__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry"]

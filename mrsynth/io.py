@@ -1,0 +1,86 @@
+"""NIfTI and JSON input/output with clear errors and atomic writes.
+
+Reading: :func:`load_nifti` raises :class:`~mrsynth.errors.DataError` naming the file for an
+unreadable file or NaN/Inf voxels. Writing: :func:`save_nifti` and :func:`save_json` write to a
+temporary name beside the destination and move it into place, so a crash never leaves a
+half-written file and never clobbers a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["load_nifti", "save_nifti", "save_json", "atomic_path"]
+
+
+def load_nifti(path, dtype=np.float32, check_finite: bool = True):
+    """Load ``path`` and return ``(array, affine, header)``.
+
+    Raises:
+        DataError: the file is missing or unreadable, or holds NaN/Inf voxels (``check_finite``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as e:  # nibabel raises many types for corrupt files
+        raise DataError(f"cannot read as NIfTI ({type(e).__name__}: {e})", path) from e
+    if check_finite and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{n} NaN/Inf voxel(s); clean the image or drop this sequence", path)
+    return arr, img.affine.copy(), img.header
+
+
+@contextmanager
+def atomic_path(dest, suffix: str = ""):
+    """Yield a temporary path beside ``dest``; move it onto ``dest`` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or "".join(dest.suffixes), dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_nifti(array, affine, dest, header=None, dtype=np.float32) -> Path:
+    """Write ``array`` with ``affine`` to ``dest`` atomically (temporary file, then rename)."""
+    arr = np.asarray(array, dtype=dtype)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=header)
+    img.set_data_dtype(dtype)
+    with atomic_path(dest) as tmp:
+        nib.save(img, str(tmp))
+    return Path(dest)
+
+
+def save_json(obj, dest, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``dest`` atomically."""
+    with atomic_path(dest, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    return Path(dest)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,124 @@
+"""Per-image intensity normalisation of the papers, invertible.
+
+- Seq2Seq family: clip to ``[0, 2 x p99]`` and map to ``[-1, 1]``  (:data:`PAPER`).
+- nnSeq2Seq: clip to ``[p0.5, 1.25 x p99.5]`` and map to ``[0, 1]`` (:data:`NNSEQ2SEQ`).
+
+The mapping's parameters are recorded with MONAI's transform tracing, so
+:class:`monai.transforms.Invertd` (or :meth:`ScalePercentiled.inverse`) brings a network's
+output back to the input's intensity scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import InvertibleTransform, MapTransform
+
+from ..errors import DataError
+
+__all__ = ["ScalePercentiled", "percentile_range", "apply_range", "invert_range", "PAPER", "NNSEQ2SEQ"]
+
+#: (lower_percentile, upper_percentile, upper_factor, b_min, b_max) presets
+PAPER = dict(lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, b_min=-1.0, b_max=1.0)
+NNSEQ2SEQ = dict(lower_percentile=0.5, upper_percentile=99.5, upper_factor=1.25, b_min=0.0, b_max=1.0)
+
+
+def percentile_range(x, lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, nonzero=True):
+    """Return ``(lo, hi)``: ``lo`` = the lower percentile (0 when None), ``hi`` = factor x upper percentile.
+
+    Percentiles are taken over non-zero voxels when ``nonzero`` (zero-filled background and
+    padding do not count), over all voxels otherwise.
+    """
+    v = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    v = v.ravel()
+    if nonzero:
+        v = v[v != 0]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo = 0.0 if lower_percentile is None else float(np.percentile(v, lower_percentile))
+    hi = upper_factor * float(np.percentile(v, upper_percentile))
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def apply_range(x, lo, hi, b_min=-1.0, b_max=1.0):
+    """Clip ``x`` to ``[lo, hi]`` and map linearly onto ``[b_min, b_max]``."""
+    x = x.clamp(lo, hi) if isinstance(x, torch.Tensor) else np.clip(x, lo, hi)
+    return (x - lo) / (hi - lo) * (b_max - b_min) + b_min
+
+
+def invert_range(y, lo, hi, b_min=-1.0, b_max=1.0):
+    """Inverse of :func:`apply_range` (exact inside the clipping range)."""
+    return (y - b_min) / (b_max - b_min) * (hi - lo) + lo
+
+
+class ScalePercentiled(MapTransform, InvertibleTransform):
+    """Clip each image to a percentile range and map it to ``[b_min, b_max]``, per image.
+
+    Args:
+        keys: images to normalise, each with its own statistics...
+        ref_keys: ...unless a reference key is given per key: the statistics of ``ref_keys[i]``
+            are applied to ``keys[i]`` (the phantom's noiseless image is scaled with its noisy
+            twin's range, so the two stay comparable). ``None`` entries mean "itself".
+        lower_percentile: lower clip percentile; ``None`` clips at 0 (the Seq2Seq papers).
+        upper_percentile, upper_factor: upper clip = factor x percentile.
+        b_min, b_max: output range.
+        nonzero: compute percentiles over non-zero voxels only.
+
+    The parameters used are kept (``<key>_scale`` = ``(lo, hi, b_min, b_max)``) and traced for
+    :meth:`inverse`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ref_keys=None,
+        lower_percentile: float | None = None,
+        upper_percentile: float = 99.0,
+        upper_factor: float = 2.0,
+        b_min: float = -1.0,
+        b_max: float = 1.0,
+        nonzero: bool = True,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        n = len(self.keys)
+        self.ref_keys = [None] * n if ref_keys is None else list(ref_keys)
+        if len(self.ref_keys) != n:
+            raise ValueError(f"ref_keys has {len(self.ref_keys)} entries for {n} keys")
+        self.lower_percentile, self.upper_percentile = lower_percentile, upper_percentile
+        self.upper_factor, self.nonzero = upper_factor, nonzero
+        self.b_min, self.b_max = float(b_min), float(b_max)
+
+    def _range(self, x):
+        return percentile_range(x, self.lower_percentile, self.upper_percentile, self.upper_factor, self.nonzero)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        ranges = {}
+        for key, ref in self.key_iterator(d, self.ref_keys):
+            src = key if ref is None else ref
+            if src not in d:
+                raise DataError(f"reference key {src!r} for {key!r} is missing from the case")
+            if src not in ranges:
+                ranges[src] = self._range(d[src])
+        for key, ref in self.key_iterator(d, self.ref_keys):
+            lo, hi = ranges[key if ref is None else ref]
+            x = d[key]
+            d[key] = apply_range(x, lo, hi, self.b_min, self.b_max)
+            d[f"{key}_scale"] = (lo, hi, self.b_min, self.b_max)
+            if isinstance(d[key], MetaTensor):
+                self.push_transform(d[key], extra_info={"lo": lo, "hi": hi, "b_min": self.b_min, "b_max": self.b_max})
+        return d
+
+    def inverse(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            info = self.pop_transform(d[key])["extra_info"]
+            d[key] = invert_range(d[key], info["lo"], info["hi"], info["b_min"], info["b_max"])
+        return d

@@ -1,0 +1,80 @@
+"""Loading a case's sequences with errors that name the file."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform
+
+from ..errors import DataError
+
+__all__ = ["LoadSequencesd"]
+
+
+class LoadSequencesd(MapTransform):
+    """Load every present key with MONAI's :class:`~monai.transforms.LoadImage` (channel first),
+    then check what MONAI does not: finite voxels and one grid for the whole case.
+
+    Missing keys are allowed by default (a case holds only the sequences it has).
+
+    Args:
+        keys: the sequence keys (and e.g. ``seg`` or ``<seq>_noiseless``) to load.
+        allow_missing_keys: keep going when a key is absent (default True).
+        check_finite: fail on NaN/Inf voxels.
+        check_geometry: fail when the loaded images differ in spatial shape or affine.
+        dtype: voxel type of the loaded tensors.
+
+    Raises:
+        DataError: naming the file, for an unreadable file, NaN/Inf voxels, or a geometry
+        that differs from the case's first loaded key.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        allow_missing_keys: bool = True,
+        check_finite: bool = True,
+        check_geometry: bool = True,
+        dtype=np.float32,
+        atol: float = 1e-3,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=dtype)
+        self.check_finite = check_finite
+        self.check_geometry = check_geometry
+        self.atol = atol
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        ref_key = None
+        for key in self.key_iterator(d):
+            path = d[key]
+            if isinstance(path, (torch.Tensor, np.ndarray)):  # already loaded
+                continue
+            try:
+                img = self.loader(path)
+            except Exception as e:
+                raise DataError(f"cannot read image for {key!r} ({type(e).__name__}: {e})", path) from e
+            if self.check_finite and not torch.isfinite(img).all():
+                n = int((~torch.isfinite(img)).sum())
+                raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
+            if self.check_geometry:
+                if ref_key is None:
+                    ref_key = key
+                else:
+                    self._check_same_grid(d[ref_key], img, ref_key, key, path)
+            d[key] = img
+        return d
+
+    def _check_same_grid(self, ref: MetaTensor, img: MetaTensor, ref_key, key, path) -> None:
+        if tuple(ref.shape[1:]) != tuple(img.shape[1:]):
+            raise DataError(
+                f"{key!r} has spatial shape {tuple(img.shape[1:])}, {ref_key!r} has {tuple(ref.shape[1:])}", path
+            )
+        a, b = np.asarray(ref.affine), np.asarray(img.affine)
+        if not np.allclose(a, b, atol=self.atol):
+            raise DataError(f"{key!r} affine differs from {ref_key!r} (max difference {np.abs(a - b).max():.4g})", path)

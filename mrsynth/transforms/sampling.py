@@ -1,0 +1,168 @@
+"""Source/target sampling for training and validation of any-to-any synthesis.
+
+A loaded case holds one image per *available* sequence (``(1, H, W, D)``, axial slices along
+the last axis). These transforms cut training samples from it:
+
+- :class:`RandSequencePaird` draws a source and a target independently among the available
+  sequences (so incomplete cases train too) and cuts matching 2D / 2.5D slabs or keeps whole
+  volumes (3D);
+- :class:`SequencePairsd` lists every ordered (source, target) pair at fixed slices, for
+  validation.
+
+Output keys: ``src``, ``tgt`` (``(num_slices, H, W)`` or ``(1, H, W, D)``), ``src_code``,
+``tgt_code`` (the sequences' indices, i.e. the target codes), ``src_name``, ``tgt_name``,
+``slice`` (the central slice index, -1 for volumes) and ``case``. Samples are plain tensors,
+so batches mix sources and targets freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+
+from ..errors import DataError
+
+__all__ = ["RandSequencePaird", "SequencePairsd", "extract_slab", "slab_indices"]
+
+
+def slab_indices(center: int, num_slices: int, depth: int) -> list[int]:
+    """Indices of ``num_slices`` adjacent slices centred on ``center``, replicated at the edges."""
+    half = num_slices // 2
+    return [min(max(center + o, 0), depth - 1) for o in range(-half, num_slices - half)]
+
+
+def extract_slab(volume: torch.Tensor, center: int, num_slices: int) -> torch.Tensor:
+    """Cut ``num_slices`` axial slices around ``center`` from ``volume`` ``(1, H, W, D)`` as
+    channels ``(num_slices, H, W)``; ``num_slices == 0`` returns the whole volume ``(1, H, W, D)``."""
+    v = torch.as_tensor(volume)
+    if num_slices == 0:
+        return v.clone()
+    idx = slab_indices(center, num_slices, v.shape[-1])
+    return v[0][..., idx].permute(2, 0, 1).contiguous()
+
+
+def _slice_window(depth: int, central_slices: int | None) -> tuple[int, int]:
+    if not central_slices or central_slices >= depth:
+        return 0, depth
+    start = (depth - central_slices) // 2
+    return start, start + central_slices
+
+
+class _PairBase(MapTransform):
+    def __init__(self, sequences: Sequence[str], num_slices: int = 3, central_slices: int | None = None, extra=()):
+        super().__init__(list(sequences), allow_missing_keys=True)
+        if num_slices < 0:
+            raise ValueError(f"num_slices must be >= 0 (0 = whole volume), got {num_slices}")
+        self.sequences = [s.lower() for s in sequences]
+        self.num_slices = int(num_slices)
+        self.central_slices = central_slices
+        self.extra = tuple(extra)
+
+    def _available(self, d) -> list[int]:
+        avail = [i for i, s in enumerate(self.sequences) if s in d]
+        if not avail:
+            raise DataError(f"none of the sequences {self.sequences} is present", d.get("case"))
+        return avail
+
+    def _sample(self, d, src: int, tgt: int, center: int) -> dict:
+        s_name, t_name = self.sequences[src], self.sequences[tgt]
+        out = {
+            "src": extract_slab(d[s_name], center, self.num_slices),
+            "tgt": extract_slab(d[t_name], center, self.num_slices),
+            "src_code": torch.tensor(src, dtype=torch.long),
+            "tgt_code": torch.tensor(tgt, dtype=torch.long),
+            "src_name": s_name,
+            "tgt_name": t_name,
+            "slice": center if self.num_slices else -1,
+            "case": d.get("case", ""),
+        }
+        for suffix in self.extra:  # e.g. the target's noiseless twin
+            for role, name in (("src", s_name), ("tgt", t_name)):
+                key = f"{name}_{suffix}"
+                if key in d:
+                    out[f"{role}_{suffix}"] = extract_slab(d[key], center, self.num_slices)
+        return out
+
+
+class RandSequencePaird(Randomizable, _PairBase):
+    """Draw ``num_samples`` (source, target, slice) triples from one case.
+
+    Source and target are drawn independently and uniformly among the case's available
+    sequences (they may coincide, as in the Seq2Seq paper); the axial slice uniformly among the
+    central ``central_slices`` (the paper keeps the central 128).
+
+    Args:
+        sequences: sequence names in code order (the index of a name is its target code).
+        num_slices: adjacent slices stacked as channels (3 = 2.5D, 1 = 2D); 0 = whole volume (3D).
+        num_samples: samples per call; a list is returned, which MONAI's DataLoader flattens.
+        central_slices: restrict slices to the central N (``None`` = all).
+        extra: key suffixes cut alongside (``"noiseless"`` adds ``tgt_noiseless``/``src_noiseless``).
+
+    Returns:
+        a list of ``num_samples`` dicts (see the module docstring for keys).
+    """
+
+    def __init__(self, sequences, num_slices: int = 3, num_samples: int = 1, central_slices=None, extra=()):
+        _PairBase.__init__(self, sequences, num_slices, central_slices, extra)
+        self.num_samples = int(num_samples)
+
+    def randomize(self, data=None) -> None:  # draws happen per sample in __call__
+        pass
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        d = dict(data)
+        avail = self._available(d)
+        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
+        lo, hi = _slice_window(depth, self.central_slices)
+        out = []
+        for _ in range(self.num_samples):
+            src, tgt = (int(self.R.choice(avail)) for _ in range(2))
+            center = int(self.R.randint(lo, hi)) if self.num_slices else -1
+            out.append(self._sample(d, src, tgt, center))
+        return out
+
+
+class SequencePairsd(_PairBase):
+    """Every ordered (source, target) pair of the available sequences at fixed slices (validation).
+
+    Args:
+        sequences: sequence names in code order.
+        num_slices: as :class:`RandSequencePaird`.
+        slices_per_case: evenly spaced axial slices inside the central window (ignored in 3D).
+        central_slices: the central window (``None`` = all slices).
+        include_identity: also emit source == target pairs.
+        extra: as :class:`RandSequencePaird`.
+    """
+
+    def __init__(
+        self,
+        sequences,
+        num_slices: int = 3,
+        slices_per_case: int = 1,
+        central_slices=None,
+        include_identity: bool = False,
+        extra=(),
+    ):
+        super().__init__(sequences, num_slices, central_slices, extra)
+        self.slices_per_case = int(slices_per_case)
+        self.include_identity = include_identity
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        d = dict(data)
+        avail = self._available(d)
+        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
+        lo, hi = _slice_window(depth, self.central_slices)
+        if self.num_slices:
+            centers = np.linspace(lo, hi - 1, self.slices_per_case + 2)[1:-1].round().astype(int).tolist()
+        else:
+            centers = [-1]
+        return [
+            self._sample(d, s, t, c)
+            for c in centers
+            for s in avail
+            for t in avail
+            if self.include_identity or s != t
+        ]
