@@ -184,12 +184,12 @@ def test_random_pairs_use_only_available_sequences(brats_dir):
     assert codes == {(0, 0), (0, 2), (2, 0), (2, 2)}  # all four combinations of t1/t2 occur
     assert all(4 <= s["slice"] < 8 for s in samples)  # central 4 of 12 slices
     s = samples[0]
-    assert s["src"].shape == (3, 16, 20)
+    assert s["image"].shape == (3, 16, 20)
     k = s["slice"]
     # sequence i of the fixture is base * (i + 1): the target slab is the source slab scaled
     ratio = (int(s["tgt_code"]) + 1) / (int(s["src_code"]) + 1)
-    torch.testing.assert_close(s["tgt"], s["src"] * ratio)
-    torch.testing.assert_close(s["src"][1], case[s["src_name"]][0, :, :, k].as_tensor())
+    torch.testing.assert_close(s["label"], s["image"] * ratio)
+    torch.testing.assert_close(s["image"][1], case[s["src_name"]][0, :, :, k].as_tensor())
 
 
 def test_random_pairs_are_reproducible(brats_dir):
@@ -207,7 +207,7 @@ def test_validation_pairs_and_3d(brats_dir):
     pairs = SequencePairsd(SEQS, num_slices=3, slices_per_case=2)(case)
     assert len(pairs) == 2 * 12  # 2 slices x 4 x 3 ordered pairs
     vol = SequencePairsd(SEQS, num_slices=0, include_identity=True)(case)
-    assert len(vol) == 16 and vol[0]["src"].shape == (1, 16, 20, 12) and vol[0]["slice"] == -1
+    assert len(vol) == 16 and vol[0]["image"].shape == (1, 16, 20, 12) and vol[0]["slice"] == -1
 
 
 def test_missing_everything_raises():

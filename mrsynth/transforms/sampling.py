@@ -9,10 +9,11 @@ the last axis). These transforms cut training samples from it:
 - :class:`SequencePairsd` lists every ordered (source, target) pair at fixed slices, for
   validation.
 
-Output keys: ``src``, ``tgt`` (``(num_slices, H, W)`` or ``(1, H, W, D)``), ``src_code``,
-``tgt_code`` (the sequences' indices, i.e. the target codes), ``src_name``, ``tgt_name``,
-``slice`` (the central slice index, -1 for volumes) and ``case``. Samples are plain tensors,
-so batches mix sources and targets freely.
+Output keys follow MONAI's supervised convention: ``image`` (the source) and ``label`` (the
+target), each ``(num_slices, H, W)`` or ``(1, H, W, D)``; ``src_code`` and ``tgt_code`` (the
+sequences' indices, i.e. the target codes), ``src_name``, ``tgt_name``, ``slice`` (the central
+slice index, -1 for volumes) and ``case``. Samples are plain tensors, so batches mix sources and
+targets freely, and ``PrepareBatchExtraInput("tgt_code")`` feeds ``network(image, tgt_code)``.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ class _PairBase(MapTransform):
     def _sample(self, d, src: int, tgt: int, center: int) -> dict:
         s_name, t_name = self.sequences[src], self.sequences[tgt]
         out = {
-            "src": extract_slab(d[s_name], center, self.num_slices),
-            "tgt": extract_slab(d[t_name], center, self.num_slices),
+            "image": extract_slab(d[s_name], center, self.num_slices),
+            "label": extract_slab(d[t_name], center, self.num_slices),
             "src_code": torch.tensor(src, dtype=torch.long),
             "tgt_code": torch.tensor(tgt, dtype=torch.long),
             "src_name": s_name,
@@ -80,7 +81,7 @@ class _PairBase(MapTransform):
             "case": d.get("case", ""),
         }
         for suffix in self.extra:  # e.g. the target's noiseless twin
-            for role, name in (("src", s_name), ("tgt", t_name)):
+            for role, name in (("image", s_name), ("label", t_name)):
                 key = f"{name}_{suffix}"
                 if key in d:
                     out[f"{role}_{suffix}"] = extract_slab(d[key], center, self.num_slices)
@@ -99,7 +100,7 @@ class RandSequencePaird(Randomizable, _PairBase):
         num_slices: adjacent slices stacked as channels (3 = 2.5D, 1 = 2D); 0 = whole volume (3D).
         num_samples: samples per call; a list is returned, which MONAI's DataLoader flattens.
         central_slices: restrict slices to the central N (``None`` = all).
-        extra: key suffixes cut alongside (``"noiseless"`` adds ``tgt_noiseless``/``src_noiseless``).
+        extra: key suffixes cut alongside (``"noiseless"`` adds ``image_noiseless``/``label_noiseless``).
 
     Returns:
         a list of ``num_samples`` dicts (see the module docstring for keys).

@@ -1,0 +1,116 @@
+"""The Seq2Seq training iteration (papers.md section 1), as an ignite iteration function.
+
+Use it with MONAI's :class:`~monai.engines.SupervisedTrainer` through ``iteration_update``; the
+trainer keeps providing the network, optimiser, AMP scaler, handlers and events, and only the
+step itself is ours::
+
+    trainer = SupervisedTrainer(..., iteration_update=Seq2SeqTrainStep(rec_weight=10, cycle_weight=10))
+
+Per batch (``image`` = source, ``label`` = target, codes per sample):
+
+- ``out_tgt = G(src, code_tgt)``, ``out_src = G(src, code_src)`` (one call, batch concatenated),
+- ``out_cyc = G(out_tgt, code_src)``,
+- ``loss = rec_weight * (L(out_tgt, tgt) + L(out_src, src)) + cycle_weight * L(out_cyc, src)
+  + perceptual_weight * (P(out_tgt, tgt) + P(out_src, src))`` with ``L`` = SmoothL1.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+__all__ = ["Seq2SeqTrainStep", "build_perceptual_loss"]
+
+
+def build_perceptual_loss(spatial_dims: int = 2, network_type: str = "vgg"):
+    """MONAI's :class:`~monai.losses.PerceptualLoss` (VGG by default, as the papers).
+
+    Its ImageNet weights are downloaded at run time; where they cannot be had this raises a
+    ``RuntimeError`` that says so and how to go on (set ``perceptual_weight`` to 0).
+    """
+    from monai.losses import PerceptualLoss
+
+    try:
+        return PerceptualLoss(spatial_dims=spatial_dims, network_type=network_type, is_fake_3d=spatial_dims == 3)
+    except Exception as e:  # no network, no cached weights
+        raise RuntimeError(
+            f"perceptual loss ({network_type}) needs pretrained ImageNet weights that could not be loaded "
+            f"({type(e).__name__}: {e}). Put them in the torch hub cache ({torch.hub.get_dir()}) or train "
+            "without it: --perceptual_weight 0"
+        ) from e
+
+
+class Seq2SeqTrainStep:
+    """One Seq2Seq optimisation step: target, self-reconstruction and cycle passes.
+
+    Args:
+        rec_weight: weight of the target and self-reconstruction SmoothL1 terms (paper: 10).
+        cycle_weight: weight of the cycle term ``G(G(src, tgt), src)`` vs ``src`` (paper: 10).
+        perceptual_weight: weight of the perceptual term (paper: 0.01; 0 disables it).
+        perceptual_loss: a callable ``(pred, target) -> loss``; built lazily with
+            :func:`build_perceptual_loss` when ``perceptual_weight > 0`` and none is given.
+        beta: SmoothL1's transition point.
+        spatial_dims: for the perceptual network.
+
+    Returns (as ``engine.state.output``): ``image``, ``label``, ``pred`` (= ``out_tgt``),
+    ``loss`` and the detached parts ``loss_rec``, ``loss_cyc``, ``loss_perceptual``.
+    """
+
+    def __init__(
+        self,
+        rec_weight: float = 10.0,
+        cycle_weight: float = 10.0,
+        perceptual_weight: float = 0.0,
+        perceptual_loss=None,
+        beta: float = 1.0,
+        spatial_dims: int = 2,
+    ) -> None:
+        self.rec_weight, self.cycle_weight, self.perceptual_weight = rec_weight, cycle_weight, perceptual_weight
+        self.loss = torch.nn.SmoothL1Loss(beta=beta)
+        self.perceptual_loss = perceptual_loss
+        if perceptual_weight > 0 and perceptual_loss is None:
+            self.perceptual_loss = build_perceptual_loss(spatial_dims)
+
+    def losses(self, network, src, tgt, src_code, tgt_code) -> dict:
+        """Compute the three passes and the loss terms (no optimiser step)."""
+        n = src.shape[0]
+        both = network(torch.cat([src, src]), torch.cat([tgt_code, src_code]))
+        out_tgt, out_src = both[:n], both[n:]
+        out_cyc = network(out_tgt, src_code)
+        rec = self.loss(out_tgt, tgt) + self.loss(out_src, src)
+        cyc = self.loss(out_cyc, src)
+        total = self.rec_weight * rec + self.cycle_weight * cyc
+        perc = torch.zeros((), device=src.device)
+        if self.perceptual_weight > 0:
+            perc = self.perceptual_loss(out_tgt, tgt) + self.perceptual_loss(out_src, src)
+            total = total + self.perceptual_weight * perc
+        return {"pred": out_tgt, "loss": total, "loss_rec": rec.detach(), "loss_cyc": cyc.detach(),
+                "loss_perceptual": perc.detach()}
+
+    def __call__(self, engine, batchdata: dict) -> dict:
+        device, nb = engine.state.device, engine.non_blocking
+        src = batchdata[Keys.IMAGE].to(device, non_blocking=nb)
+        tgt = batchdata[Keys.LABEL].to(device, non_blocking=nb)
+        src_code = batchdata["src_code"].to(device, non_blocking=nb)
+        tgt_code = batchdata["tgt_code"].to(device, non_blocking=nb)
+        engine.state.output = {Keys.IMAGE: src, Keys.LABEL: tgt}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with torch.autocast(device_type=torch.device(device).type, enabled=bool(engine.amp)):
+            out = self.losses(engine.network, src, tgt, src_code, tgt_code)
+        engine.state.output.update({Keys.PRED: out["pred"], Keys.LOSS: out["loss"]})
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.scaler is not None and engine.amp:
+            engine.scaler.scale(out["loss"]).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            out["loss"].backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.state.output[Keys.LOSS] = out["loss"].detach()
+        engine.state.output.update({k: out[k] for k in ("loss_rec", "loss_cyc", "loss_perceptual")})
+        return engine.state.output

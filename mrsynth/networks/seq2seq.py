@@ -1,0 +1,505 @@
+"""Seq2Seq: one network that translates any MR sequence into any other (Han et al., MedIA 2023).
+
+An unconditioned encoder maps the source image to features at 1/4 size; a decoder built from
+hyper-convolutions (:class:`~mrsynth.networks.hyperconv.HyperConv`) turns the features into the
+sequence named by the target code. The encoder and decoder are separate modules with plain
+interfaces so that TSF-Seq2Seq (fuse several encoded sources, then decode) and VQ-Seq2Seq
+(quantize the features between them) can reuse them:
+
+.. code-block:: python
+
+    net = Seq2Seq(spatial_dims=2, in_channels=3, out_channels=3)   # paper size, 2.5D
+    feats = net.encode(x)                  # (B, 256, H/4, W/4)
+    y = net.decode(feats, code)            # (B, 3, H, W), code: (B,) ints or (B, 64) one-hot
+    y = net(x, code)                       # the same in one call
+
+Variants: 2D is ``spatial_dims=2, in_channels=out_channels=1``; 2.5D is ``spatial_dims=2`` with
+3 adjacent slices as channels (``in_channels=out_channels=3``); 3D is ``spatial_dims=3``.
+:class:`Seq2Seq4D` adds the ConvLSTMs for dynamic series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.factories import Conv
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+
+from .convlstm import ConvLSTM
+from .hyperconv import CodeEmbedding, HyperConv
+
+__all__ = [
+    "ResBlock",
+    "HyperResBlock",
+    "HyperUpBlock",
+    "Seq2SeqEncoder",
+    "Seq2SeqDecoder",
+    "Seq2Seq",
+    "Seq2Seq4D",
+]
+
+_DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.2})
+
+
+def _norm(norm: tuple | str | None, spatial_dims: int, channels: int) -> nn.Module:
+    return nn.Identity() if norm is None else get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
+
+
+def _act(act: tuple | str | None) -> nn.Module:
+    return nn.Identity() if act is None else get_act_layer(act)
+
+
+def _check_channels(channels: Sequence[int]) -> tuple[int, ...]:
+    channels = tuple(int(c) for c in channels)
+    if len(channels) < 1 or min(channels) < 1:
+        raise ValueError(f"channels must be a non-empty sequence of positive widths, got {channels}")
+    return channels
+
+
+class ResBlock(nn.Module):
+    """Residual block of the encoder: ``x + N(conv(A(N(conv(x)))))``, 3-wide kernels, reflect padding.
+
+    Args:
+        spatial_dims: 2 or 3 (1 works too).
+        channels: number of channels ``C`` (unchanged by the block).
+        norm: MONAI norm name/tuple (``None``: no normalisation).
+        act: MONAI activation name/tuple.
+
+    Shapes: ``(B, C, *spatial)`` -> ``(B, C, *spatial)``.
+    """
+
+    def __init__(
+        self, spatial_dims: int, channels: int, norm: tuple | str | None = "instance", act: tuple | str | None = _DEFAULT_ACT
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv1 = conv(channels, channels, kernel_size=3, padding=1, padding_mode="reflect")
+        self.norm1 = _norm(norm, spatial_dims, channels)
+        self.act1 = _act(act)
+        self.conv2 = conv(channels, channels, kernel_size=3, padding=1, padding_mode="reflect")
+        self.norm2 = _norm(norm, spatial_dims, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.norm1(self.conv1(x)))
+        return x + self.norm2(self.conv2(y))
+
+
+class HyperResBlock(nn.Module):
+    """Residual block of the decoder: :class:`ResBlock` with both convolutions hyper-convolutions.
+
+    Args:
+        spatial_dims: 2 or 3 (1 works too).
+        channels: number of channels ``C``.
+        code_dim: size of the code embedding the convolutions are conditioned on.
+        num_kernels: kernel-bank size of each hyper-convolution.
+        norm: MONAI norm name/tuple (``None``: no normalisation).
+        act: MONAI activation name/tuple.
+
+    Shapes: x ``(B, C, *spatial)``, embedding ``(B, code_dim)`` -> ``(B, C, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        code_dim: int,
+        num_kernels: int = 16,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+    ) -> None:
+        super().__init__()
+        self.conv1 = HyperConv(spatial_dims, channels, channels, 3, code_dim, num_kernels, padding_mode="reflect")
+        self.norm1 = _norm(norm, spatial_dims, channels)
+        self.act1 = _act(act)
+        self.conv2 = HyperConv(spatial_dims, channels, channels, 3, code_dim, num_kernels, padding_mode="reflect")
+        self.norm2 = _norm(norm, spatial_dims, channels)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.norm1(self.conv1(x, embedding)))
+        return x + self.norm2(self.conv2(y, embedding))
+
+
+class HyperUpBlock(nn.Module):
+    """Decoder up-sampling stage: upsample x2, 3-wide hyper-convolution (reflect padding), norm, act.
+
+    Args:
+        spatial_dims: 2 or 3 (1 works too).
+        in_channels: input channels.
+        out_channels: output channels.
+        code_dim: size of the code embedding.
+        num_kernels: kernel-bank size.
+        norm: MONAI norm name/tuple (``None``: no normalisation).
+        act: MONAI activation name/tuple.
+        upsample: interpolation mode of :class:`torch.nn.Upsample` (``"nearest"``, ``"linear"``,
+            ``"bilinear"``, ``"trilinear"``).
+
+    Shapes: x ``(B, C_in, *spatial)``, embedding ``(B, code_dim)`` -> ``(B, C_out, *(2 * spatial))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        code_dim: int,
+        num_kernels: int = 16,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+        upsample: str = "bilinear",
+    ) -> None:
+        super().__init__()
+        align = None if upsample == "nearest" else False
+        self.up = nn.Upsample(scale_factor=2.0, mode=upsample, align_corners=align)
+        self.conv = HyperConv(spatial_dims, in_channels, out_channels, 3, code_dim, num_kernels, padding_mode="reflect")
+        self.norm = _norm(norm, spatial_dims, out_channels)
+        self.act = _act(act)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(self.up(x), embedding)))
+
+
+class Seq2SeqEncoder(nn.Module):
+    """The Seq2Seq encoder (not conditioned on the target).
+
+    ``conv k7 -> channels[0]``, then one stride-2 ``conv k3`` per further width, each followed by
+    norm + act (all with reflect padding), then ``num_res_blocks`` :class:`ResBlock` at
+    ``channels[-1]``. With the default three widths the features are at 1/4 of the input size.
+
+    Args:
+        spatial_dims: 2 (2D and 2.5D) or 3.
+        in_channels: image channels (1 for 2D/3D, 3 adjacent slices for 2.5D).
+        channels: widths, one per stage; ``len(channels) - 1`` stride-2 downsamplings.
+        num_res_blocks: residual blocks at the bottleneck.
+        norm: MONAI norm name/tuple; default instance norm without affine parameters.
+        act: MONAI activation name/tuple; default LeakyReLU(0.2).
+
+    Attributes:
+        out_channels: ``channels[-1]``.
+        downsample_factor: ``2 ** (len(channels) - 1)``; every input spatial size must be a
+            multiple of it.
+
+    Shapes: ``(B, in_channels, *spatial)`` -> ``(B, channels[-1], *(spatial / downsample_factor))``.
+
+    Raises:
+        ValueError: in ``forward``, when the input has the wrong number of dimensions or channels
+            or a spatial size that is not a multiple of ``downsample_factor``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        channels: Sequence[int] = (64, 128, 256),
+        num_res_blocks: int = 6,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+    ) -> None:
+        super().__init__()
+        channels = _check_channels(channels)
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.channels = channels
+        self.out_channels = channels[-1]
+        self.downsample_factor = 2 ** (len(channels) - 1)
+        conv = Conv[Conv.CONV, spatial_dims]
+        layers = []
+        c_prev = in_channels
+        for i, c in enumerate(channels):
+            k, s = (7, 1) if i == 0 else (3, 2)
+            layers += [
+                conv(c_prev, c, kernel_size=k, stride=s, padding=(k - 1) // 2, padding_mode="reflect"),
+                _norm(norm, spatial_dims, c),
+                _act(act),
+            ]
+            c_prev = c
+        self.stem = nn.Sequential(*layers)
+        self.res_blocks = nn.Sequential(*[ResBlock(spatial_dims, c_prev, norm, act) for _ in range(num_res_blocks)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan-in, LeakyReLU 0.2) convolution weights, zero biases."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, *spatial)`` with every spatial
+        size a multiple of ``downsample_factor``."""
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Seq2Seq expects input of shape (B, {self.in_channels}, <{self.spatial_dims} spatial dims>), "
+                f"got {list(x.shape)}"
+            )
+        for s in x.shape[2:]:
+            if s % self.downsample_factor != 0:
+                raise ValueError(
+                    f"Seq2Seq input spatial size {list(x.shape[2:])} (input shape {list(x.shape)}) must be "
+                    f"divisible by {self.downsample_factor} in every dimension; pad or crop it first "
+                    f"(e.g. monai.transforms.DivisiblePad(k={self.downsample_factor}))"
+                )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.res_blocks(self.stem(x))
+
+
+class Seq2SeqDecoder(nn.Module):
+    """The Seq2Seq hyper-decoder: every convolution is conditioned on the target code.
+
+    The mirror of :class:`Seq2SeqEncoder`: ``num_res_blocks`` :class:`HyperResBlock` at
+    ``channels[-1]``, one :class:`HyperUpBlock` per encoder downsampling (widths
+    ``channels[-2], ..., channels[0]``), then a 7-wide hyper-convolution (reflect padding) to
+    ``out_channels`` and ``final_act``. The target code is embedded once per call by a
+    :class:`~mrsynth.networks.hyperconv.CodeEmbedding`; each hyper-convolution maps the
+    embedding to its own mixing coefficients with its own linear layer.
+
+    Normalisation layers have no affine parameters by default (``"instance"``), so that every
+    learned parameter of the decoder that touches the image is target specific; pass e.g.
+    ``("instance", {"affine": True})`` for shared affine parameters.
+
+    Args:
+        spatial_dims: 2 (2D and 2.5D) or 3.
+        out_channels: image channels produced.
+        num_codes: length of the one-hot target code (``c_s``, 64 in the paper).
+        channels: widths in **encoder order** (the same tuple as the encoder's).
+        num_res_blocks: residual blocks at the bottleneck.
+        num_kernels: kernel-bank size of every hyper-convolution (``c_w``, 16 in the paper).
+        code_dim: size of the code embedding (64 in the reference implementation).
+        norm: MONAI norm name/tuple.
+        act: MONAI activation name/tuple.
+        upsample: interpolation mode; default ``"bilinear"`` for 2D, ``"trilinear"`` for 3D.
+        final_act: MONAI activation name/tuple after the last convolution (default ``"tanh"``,
+            images in [-1, 1]); ``None`` for none.
+
+    Shapes:
+        - features: ``(B, channels[-1], *spatial)``.
+        - code: ``(B,)`` integer target indices or ``(B, num_codes)`` one-hot / soft code; a
+          single code ``(1,)`` / ``(1, num_codes)`` applies to the whole batch.
+        - output: ``(B, out_channels, *(spatial * 2 ** (len(channels) - 1)))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        out_channels: int = 1,
+        num_codes: int = 64,
+        channels: Sequence[int] = (64, 128, 256),
+        num_res_blocks: int = 6,
+        num_kernels: int = 16,
+        code_dim: int = 64,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+        upsample: Optional[str] = None,
+        final_act: tuple | str | None = "tanh",
+    ) -> None:
+        super().__init__()
+        channels = _check_channels(channels)
+        if upsample is None:
+            upsample = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
+        self.spatial_dims = spatial_dims
+        self.in_channels = channels[-1]
+        self.out_channels = out_channels
+        self.num_codes = num_codes
+        self.code_dim = code_dim
+        self.upsample_factor = 2 ** (len(channels) - 1)
+        self.embedding = CodeEmbedding(num_codes, code_dim)
+        c = channels[-1]
+        self.res_blocks = nn.ModuleList(
+            [HyperResBlock(spatial_dims, c, code_dim, num_kernels, norm, act) for _ in range(num_res_blocks)]
+        )
+        ups = []
+        for c_next in reversed(channels[:-1]):
+            ups.append(HyperUpBlock(spatial_dims, c, c_next, code_dim, num_kernels, norm, act, upsample))
+            c = c_next
+        self.up_blocks = nn.ModuleList(ups)
+        self.final_conv = HyperConv(spatial_dims, c, out_channels, 7, code_dim, num_kernels, padding_mode="reflect")
+        self.final_act = _act(final_act)
+
+    @torch.jit.export
+    def embed(self, code: torch.Tensor) -> torch.Tensor:
+        """Target code ``(B,)`` or ``(B, num_codes)`` -> embedding ``(B, code_dim)``.
+
+        When every sample has the same code the rows are computed once and are bit-identical,
+        which lets every hyper-convolution run as one ordinary convolution."""
+        return self.embedding(code)
+
+    @torch.jit.export
+    def decode_embedded(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Decode with an already computed code embedding ``(B or 1, code_dim)``."""
+        x = features
+        for block in self.res_blocks:
+            x = block(x, embedding)
+        for block in self.up_blocks:
+            x = block(x, embedding)
+        return self.final_act(self.final_conv(x, embedding))
+
+    def forward(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return self.decode_embedded(features, self.embed(code))
+
+
+class Seq2Seq(nn.Module):
+    """Seq2Seq generator: unconditioned encoder + hyper-decoder conditioned on the target code.
+
+    The defaults are the paper's size (widths 64/128/256, 6 + 6 residual blocks, ``c_s`` = 64
+    codes, ``c_w`` = 16 kernels per hyper-convolution, code embedding 64); use
+    :meth:`paper` for the 2.5D configuration of the BraTS experiments. At that size the network
+    has 126.8 M parameters (encoder 7.5 M, hyper-decoder 119.4 M: the 16-kernel banks). The
+    reference implementation's 155 M also count two 3-layer ConvLSTMs (28.3 M) that it builds
+    even for single-frame data; :class:`Seq2Seq4D` has them (155.1 M). 3D at paper size: 380 M.
+
+    Args:
+        spatial_dims: 2 (2D and 2.5D) or 3.
+        in_channels: source image channels (3 adjacent slices for 2.5D).
+        out_channels: output channels (3 for 2.5D).
+        num_codes: length of the one-hot target code (sequence ``i`` is code ``i``).
+        channels: encoder widths; the decoder mirrors them.
+        num_res_blocks: residual blocks in the encoder and, again, in the decoder.
+        num_kernels: kernel-bank size of every hyper-convolution.
+        code_dim: size of the code embedding.
+        norm: MONAI norm name/tuple (default instance norm without affine).
+        act: MONAI activation name/tuple (default LeakyReLU(0.2)).
+        upsample: interpolation mode of the decoder; default bilinear (2D) / trilinear (3D).
+        final_act: activation of the output (default ``"tanh"``).
+
+    Shapes:
+        - x: ``(B, in_channels, *spatial)``, every spatial size a multiple of
+          ``2 ** (len(channels) - 1)`` (4 by default), else ``ValueError``.
+        - code: ``(B,)`` integer target indices or ``(B, num_codes)`` one-hot / soft code
+          (``(1,)`` / ``(1, num_codes)`` for the whole batch). Samples may have different targets.
+        - output: ``(B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_codes: int = 64,
+        channels: Sequence[int] = (64, 128, 256),
+        num_res_blocks: int = 6,
+        num_kernels: int = 16,
+        code_dim: int = 64,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+        upsample: Optional[str] = None,
+        final_act: tuple | str | None = "tanh",
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_codes = num_codes
+        self.encoder = Seq2SeqEncoder(spatial_dims, in_channels, channels, num_res_blocks, norm, act)
+        self.decoder = Seq2SeqDecoder(
+            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample, final_act
+        )
+
+    @classmethod
+    def paper(cls, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, **kwargs) -> "Seq2Seq":
+        """The paper's configuration (2.5D: three adjacent slices in and out by default)."""
+        return cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, in_channels, *spatial)`` -> features ``(B, channels[-1], *spatial / 4)``."""
+        return self.encoder(x)
+
+    @torch.jit.export
+    def decode(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, channels[-1], *s)`` and target code -> image ``(B, out_channels, *4s)``."""
+        return self.decoder(features, code)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x), code)
+
+
+class Seq2Seq4D(nn.Module):
+    """Seq2Seq for dynamic series (e.g. DCE phases): ConvLSTMs over time around the bottleneck.
+
+    It has the same ``encoder`` and ``decoder`` submodules as :class:`Seq2Seq` (so weights of the
+    same configuration load into either with ``strict=False``). Every input frame is encoded by
+    the shared :class:`Seq2SeqEncoder`; a ``lstm_layers``-layer
+    :class:`~mrsynth.networks.convlstm.ConvLSTM` runs over the frames and its outputs are averaged
+    over time into one feature map. A second ConvLSTM, fed that map at every step, unrolls
+    ``out_frames`` steps; each step is decoded by the hyper-decoder with the sample's target code.
+    With ``T = 1`` and ``out_frames = 1`` this is the reference implementation's BraTS model
+    (which always carries the two ConvLSTMs).
+
+    Args:
+        out_frames: default number of output frames (``forward`` can override it).
+        lstm_layers: layers of each ConvLSTM (3 in the paper).
+        lstm_kernel_size: kernel size of the ConvLSTM gates.
+        other arguments: as :class:`Seq2Seq`.
+
+    Shapes:
+        - x: ``(B, T, in_channels, *spatial)``.
+        - code: as :class:`Seq2Seq` (one target per sample, shared by all its output frames).
+        - output: ``(B, out_frames, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_codes: int = 64,
+        channels: Sequence[int] = (64, 128, 256),
+        num_res_blocks: int = 6,
+        num_kernels: int = 16,
+        code_dim: int = 64,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+        upsample: Optional[str] = None,
+        final_act: tuple | str | None = "tanh",
+        out_frames: int = 1,
+        lstm_layers: int = 3,
+        lstm_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_codes = num_codes
+        self.encoder = Seq2SeqEncoder(spatial_dims, in_channels, channels, num_res_blocks, norm, act)
+        self.decoder = Seq2SeqDecoder(
+            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample, final_act
+        )
+        c = self.encoder.out_channels
+        self.out_frames = out_frames
+        self.encoder_lstm = ConvLSTM(spatial_dims, c, c, lstm_layers, lstm_kernel_size)
+        self.decoder_lstm = ConvLSTM(spatial_dims, c, c, lstm_layers, lstm_kernel_size)
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Series ``(B, T, in_channels, *spatial)`` -> time-averaged features ``(B, C, *spatial / 4)``."""
+        if x.dim() != self.spatial_dims + 3:
+            raise ValueError(
+                f"Seq2Seq4D expects input of shape (B, T, {self.in_channels}, <{self.spatial_dims} spatial dims>), "
+                f"got {list(x.shape)}"
+            )
+        b, t = x.shape[0], x.shape[1]
+        f = self.encoder(x.reshape([b * t] + list(x.shape[2:])))
+        f = self.encoder_lstm(f.reshape([b, t] + list(f.shape[1:])))
+        return f.mean(dim=1)
+
+    @torch.jit.export
+    def decode(self, features: torch.Tensor, code: torch.Tensor, out_frames: int = -1) -> torch.Tensor:
+        """Features ``(B, C, *s)`` -> series ``(B, out_frames, out_channels, *4s)``
+        (``out_frames < 1``: the constructor's ``out_frames``)."""
+        n = self.out_frames if out_frames < 1 else out_frames
+        b = features.shape[0]
+        seq = features.unsqueeze(1).expand([b, n] + list(features.shape[1:]))
+        f = self.decoder_lstm(seq).reshape([b * n] + list(features.shape[1:]))
+        emb = self.decoder.embed(code)
+        if emb.shape[0] == b and n > 1:
+            emb = emb.repeat_interleave(n, dim=0)
+        y = self.decoder.decode_embedded(f, emb)
+        return y.reshape([b, n] + list(y.shape[1:]))
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor, out_frames: int = -1) -> torch.Tensor:
+        return self.decode(self.encode(x), code, out_frames)
