@@ -223,3 +223,15 @@ def test_written_nifti_reads_back(tmp_path):
     np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), arr)
     np.testing.assert_allclose(img.affine, aff)
     assert not list((tmp_path / "sub").glob(".x.nii.gz*"))  # no temporary left behind
+
+
+def test_split_cases_is_deterministic_and_disjoint():
+    from mrsynth.data import split_cases
+
+    cases = [{"case": f"C{i}"} for i in range(10)]
+    tr, va = split_cases(cases, 0.2, seed=3)
+    assert len(va) == 2 and len(tr) == 8
+    assert not {c["case"] for c in tr} & {c["case"] for c in va}
+    assert split_cases(cases, 0.2, seed=3) == (tr, va)
+    tr2, va2 = split_cases(cases[:2], 0.01)
+    assert len(tr2) == 1 and len(va2) == 1

@@ -1,5 +1,12 @@
 """Dataset readers (BraTS and nnSeq2Seq layouts) and the phantom simulator (:mod:`.phantom`)."""
 
-from .datasets import check_case_geometry, detect_layout, list_brats_cases, list_cases, list_nnseq2seq_cases
+from .datasets import (
+    check_case_geometry,
+    detect_layout,
+    list_brats_cases,
+    list_cases,
+    list_nnseq2seq_cases,
+    split_cases,
+)
 
-__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry"]
+__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases"]

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DataError
 from ..sequences import BRATS_SEQUENCES, SEQUENCES
 
-__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry"]
+__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases"]
 
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -215,3 +215,19 @@ def list_cases(root, sequences=None, layout: str = "auto", check_geometry: bool 
     if layout == "nnseq2seq":
         return list_nnseq2seq_cases(root, sequences, check_geometry=check_geometry)
     raise DataError(f"unknown layout {layout!r}; use 'brats', 'nnseq2seq' or 'auto'")
+
+
+def split_cases(cases: list[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Shuffle ``cases`` with ``seed`` and split off ``val_fraction`` of them for validation.
+
+    At least one case goes to each side when there are two or more cases (a tiny phantom still
+    validates); a single case is used for both.
+    """
+    n = len(cases)
+    if n < 2:
+        return list(cases), list(cases)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [cases[i] for i in train], [cases[i] for i in val]

@@ -100,6 +100,7 @@ class Seq2SeqTrainStep:
         with torch.autocast(device_type=torch.device(device).type, enabled=bool(engine.amp)):
             out = self.losses(engine.network, src, tgt, src_code, tgt_code)
         engine.state.output.update({Keys.PRED: out["pred"], Keys.LOSS: out["loss"]})
+        engine.state.output.update({k: out[k] for k in ("loss_rec", "loss_cyc", "loss_perceptual")})
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if engine.scaler is not None and engine.amp:
             engine.scaler.scale(out["loss"]).backward()
@@ -110,7 +111,6 @@ class Seq2SeqTrainStep:
             out["loss"].backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         engine.state.output[Keys.LOSS] = out["loss"].detach()
-        engine.state.output.update({k: out[k] for k in ("loss_rec", "loss_cyc", "loss_perceptual")})
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI may decollate the output here
         return engine.state.output

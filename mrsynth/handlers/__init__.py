@@ -1,0 +1,20 @@
+"""Ignite handlers and helpers that MONAI does not provide (MLflow extras, checkpoint lookup)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = ["latest_checkpoint"]
+
+
+def latest_checkpoint(ckpt_dir, prefix: str = "checkpoint") -> str | None:
+    """Path of the newest epoch checkpoint written by MONAI's ``CheckpointSaver`` (files named
+    ``<prefix>_*epoch=<N>.pt``) in ``ckpt_dir``, or ``None`` when there is none: training
+    resumes from it after an interruption."""
+    best, best_epoch = None, -1
+    for p in Path(ckpt_dir).glob(f"{prefix}*epoch=*.pt"):
+        m = re.search(r"epoch=(\d+)\.pt$", p.name)
+        if m and int(m.group(1)) > best_epoch:
+            best, best_epoch = str(p), int(m.group(1))
+    return best

@@ -99,12 +99,13 @@ class MLflowSampleImages:
     Args:
         tracker: the :class:`monai.handlers.MLFlowHandler` whose run receives the images.
         max_samples: rows in the grid.
-        epoch_engine: engine whose epoch number names the file (the trainer); default the
-            engine this handler is attached to.
+
+    The file is named after ``engine.state.epoch``, which MONAI's evaluators set to the
+    trainer's epoch.
     """
 
-    def __init__(self, tracker, max_samples: int = 4, epoch_engine: Engine | None = None) -> None:
-        self.tracker, self.max_samples, self.epoch_engine = tracker, int(max_samples), epoch_engine
+    def __init__(self, tracker, max_samples: int = 4) -> None:
+        self.tracker, self.max_samples = tracker, int(max_samples)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -114,14 +115,19 @@ class MLflowSampleImages:
         out = engine.state.output
         if run is None or not out:
             return
-        items = out if isinstance(out, list) else [out]
-        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        if isinstance(out, list):  # decollated: one dict per sample
+            items = out
+            names = [(b.get("src_name", "source"), b.get("tgt_name", "target")) for b in engine.state.batch]
+        else:  # a batch dict
+            n = len(out["pred"])
+            items = [{k: out[k][i] for k in ("image", "pred", "label")} for i in range(n)]
+            b = engine.state.batch
+            names = list(zip(b.get("src_name", ["source"] * n), b.get("tgt_name", ["target"] * n)))
         rows, imgs = [], []
-        for o, b in list(zip(items, batch))[: self.max_samples]:
-            src_name, tgt_name = b.get("src_name", "source"), b.get("tgt_name", "target")
+        for o, (src_name, tgt_name) in list(zip(items, names))[: self.max_samples]:
             rows.append((f"{src_name}", f"{src_name}->{tgt_name}", f"{tgt_name}"))
             imgs.append((o["image"], o["pred"], o["label"]))
-        epoch = (self.epoch_engine or engine).state.epoch
+        epoch = engine.state.epoch
         try:
             self.tracker.client.log_image(run.info.run_id, sample_grid(rows, imgs), artifact_file=f"samples/epoch_{epoch:04d}.png")
         except Exception as e:  # tracking must never stop training
