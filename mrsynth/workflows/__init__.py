@@ -1,0 +1,6 @@
+"""Runners that the bundles' inference and evaluation configs call: whole-volume synthesis for
+every case of a folder, and the pairwise evaluation with contribution ranking and maps."""
+
+from .synthesis import SynthesisInference, load_weights, synthesize_volume
+
+__all__ = ["SynthesisInference", "load_weights", "synthesize_volume"]

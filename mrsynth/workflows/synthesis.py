@@ -1,0 +1,136 @@
+"""Synthesize a target sequence for every case of a folder, whatever sequences each case has."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose
+
+from ..data import list_cases
+from ..errors import DataError
+from ..io import save_json, save_nifti
+from ..sequences import sequence_index
+from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range
+
+__all__ = ["SynthesisInference", "synthesize_volume", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_weights(network: torch.nn.Module, path, map_location="cpu") -> torch.nn.Module:
+    """Load a state dict saved by the bundle (``models/model.pt``) into ``network``.
+
+    Raises:
+        FileNotFoundError: naming the path and how to get weights, when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no trained weights. Train the bundle first (configs/train.json) or pass --ckpt_path"
+        )
+    state = torch.load(str(path), map_location=map_location, weights_only=True)
+    if isinstance(state, dict) and "model" in state and not any(k.endswith("weight") for k in state):
+        state = state["model"]  # a full training checkpoint
+    network.load_state_dict(state)
+    return network
+
+
+@torch.no_grad()
+def synthesize_volume(network, inferer, volume: torch.Tensor, code: int, device) -> torch.Tensor:
+    """Translate one normalised volume ``(1, H, W, D)`` into the sequence ``code``; returns
+    ``(1, H, W, D)`` on the CPU."""
+    x = torch.as_tensor(volume).float()[None].to(device)
+    c = torch.tensor([code], device=device)
+    return inferer(x, network, c)[0].cpu()
+
+
+class SynthesisInference:
+    """For every case under ``dataset_dir``, synthesize ``target`` and write
+    ``<output_dir>/<case>/<case>_<target>_syn.nii.gz`` in the input's geometry (same shape and
+    affine) and intensity scale.
+
+    Args:
+        network: the synthesis network (weights loaded from ``ckpt_path`` at :meth:`run`).
+        inferer: whole-volume inferer, ``inferer(x (1, 1, H, W, D), network, code)``.
+        sequences: the bundle's sequence names in code order.
+        target: the sequence to synthesize.
+        dataset_dir: a BraTS- or nnSeq2Seq-layout folder.
+        output_dir: where the syntheses go.
+        source: ``"all"`` (default: the mean of the syntheses from every available sequence
+            other than the target), a sequence name, or a list of names in order of preference
+            (the first available one is used). A case that has only the target itself is
+            reconstructed from it.
+        ckpt_path: the weights; ``None`` uses the network as it is.
+        device: torch device.
+        preprocessing: loading and normalisation (default: :class:`LoadSequencesd` and the
+            papers' [-1, 1] scaling); the output is mapped back with the first source's scale.
+
+    A case that cannot be read is skipped with a warning naming the file; the others are
+    written, then :meth:`run` raises :class:`DataError` listing the skipped cases.
+    """
+
+    def __init__(self, network, inferer, sequences, target, dataset_dir, output_dir, source="all",
+                 ckpt_path=None, device="cpu", preprocessing=None, layout="auto"):
+        self.sequences = [s.lower() for s in sequences]
+        self.target = str(target).lower()
+        self.code = sequence_index(self.target, self.sequences)
+        if not isinstance(source, str) or source != "all":
+            for s in [source] if isinstance(source, str) else source:
+                sequence_index(s, self.sequences)
+        self.network, self.inferer, self.source = network, inferer, source
+        self.dataset_dir, self.output_dir, self.layout = Path(dataset_dir), Path(output_dir), layout
+        self.ckpt_path, self.device = ckpt_path, torch.device(device)
+        self.preprocessing = preprocessing or Compose(
+            [LoadSequencesd(self.sequences), ScalePercentiled(self.sequences, **PAPER)]
+        )
+
+    def sources_for(self, case: dict) -> list[str]:
+        """The sequences used as sources for ``case``."""
+        present = [s for s in self.sequences if s in case]
+        others = [s for s in present if s != self.target]
+        if self.source == "all":
+            return others or present
+        prefs = [self.source] if isinstance(self.source, str) else list(self.source)
+        for s in prefs:
+            if s in present:
+                return [s]
+        raise DataError(f"none of the requested source sequence(s) {prefs} is present (has {present})", case.get("case"))
+
+    def output_path(self, case_id: str) -> Path:
+        return self.output_dir / case_id / f"{case_id}_{self.target}_syn.nii.gz"
+
+    def run(self) -> list[Path]:
+        if self.ckpt_path is not None:
+            load_weights(self.network, self.ckpt_path, map_location=self.device)
+        self.network.to(self.device).eval()
+        cases = list_cases(self.dataset_dir, self.sequences, layout=self.layout, check_geometry=False)
+        written, failed = [], []
+        for case in cases:
+            try:
+                written.append(self._one(case))
+            except DataError as e:
+                warnings.warn(f"case {case['case']} skipped: {e}", stacklevel=2)
+                failed.append(str(e))
+        if failed:
+            raise DataError(f"{len(failed)} case(s) skipped, {len(written)} written:\n  " + "\n  ".join(failed),
+                            self.dataset_dir)
+        return written
+
+    def _one(self, case: dict) -> Path:
+        sources = self.sources_for(case)
+        d = self.preprocessing({k: case[k] for k in ["case", *sources]})
+        preds = [synthesize_volume(self.network, self.inferer, d[s], self.code, self.device) for s in sources]
+        pred = torch.stack(preds).mean(0)[0].numpy()
+        lo, hi, b_min, b_max = d[f"{sources[0]}_scale"]
+        ref = d[sources[0]]
+        out = self.output_path(case["case"])
+        save_nifti(invert_range(pred, lo, hi, b_min, b_max), np.asarray(ref.affine), out)
+        save_json({"case": case["case"], "target": self.target, "sources": sources,
+                   "source_files": [case[s] for s in sources], "intensity_scale_of": sources[0],
+                   "scale": [lo, hi, b_min, b_max]}, out.with_name(out.name.replace(".nii.gz", ".json")))
+        logger.info("%s: %s <- %s", out, self.target, "+".join(sources))
+        return out
