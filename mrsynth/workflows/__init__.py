@@ -1,6 +1,8 @@
 """Runners that the bundles' inference and evaluation configs call: whole-volume synthesis for
 every case of a folder, and the pairwise evaluation with contribution ranking and maps."""
 
+from .evaluation import PairwiseEvaluation, foreground_mask, format_table
 from .synthesis import SynthesisInference, load_weights, synthesize_volume
 
-__all__ = ["SynthesisInference", "load_weights", "synthesize_volume"]
+__all__ = ["SynthesisInference", "PairwiseEvaluation", "load_weights", "synthesize_volume", "foreground_mask",
+           "format_table"]
