@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "find_data_error"]
 
 
 class DataError(ValueError):
@@ -12,3 +12,15 @@ class DataError(ValueError):
     def __init__(self, message: str, path=None):
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+def find_data_error(exc: BaseException) -> DataError | None:
+    """The :class:`DataError` behind ``exc``, following ``__cause__``/``__context__`` (MONAI's
+    ``Compose`` re-raises a transform's error as ``RuntimeError`` from it); ``None`` if none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DataError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

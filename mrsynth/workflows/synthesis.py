@@ -11,7 +11,7 @@ import torch
 from monai.transforms import Compose
 
 from ..data import list_cases
-from ..errors import DataError
+from ..errors import DataError, find_data_error
 from ..io import save_json, save_nifti
 from ..sequences import sequence_index
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range
@@ -112,9 +112,12 @@ class SynthesisInference:
         for case in cases:
             try:
                 written.append(self._one(case))
-            except DataError as e:
-                warnings.warn(f"case {case['case']} skipped: {e}", stacklevel=2)
-                failed.append(str(e))
+            except Exception as e:
+                err = find_data_error(e)
+                if err is None:
+                    raise
+                warnings.warn(f"case {case['case']} skipped: {err}", stacklevel=2)
+                failed.append(str(err))
         if failed:
             raise DataError(f"{len(failed)} case(s) skipped, {len(written)} written:\n  " + "\n  ".join(failed),
                             self.dataset_dir)

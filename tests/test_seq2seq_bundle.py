@@ -1,0 +1,184 @@
+"""The Seq2Seq bundle run as users run it: training (and resuming), MLflow tracking, inference
+geometry, evaluation outputs and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_utils import TINY, run_bundle
+from mrsynth.data.phantom import write_dataset
+from mrsynth.engines import Seq2SeqTrainStep
+from mrsynth.io import save_nifti
+from mrsynth.metrics import psnr
+from mrsynth.transforms import PAPER, percentile_range, apply_range
+
+B = "seq2seq"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """4 subjects at 4 mm, 1 missing sequence allowed per case (incomplete data trains too)."""
+    root = tmp_path_factory.mktemp("phantom")
+    write_dataset(root, subjects=4, spacing=4.0, seed=7, layout="brats", drop_max=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(phantom, tmp_path_factory):
+    """A bundle root trained for 2 tiny epochs (the quick config, shrunk further)."""
+    root = tmp_path_factory.mktemp("bundle")
+    proc = run_bundle(B, ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", root, "--max_epochs", 2,
+                      "--val_interval", 1, *TINY)
+    return root, proc.stdout + proc.stderr
+
+
+def test_training_writes_best_model_checkpoint_and_tracking(trained):
+    root, log = trained
+    assert (root / "models" / "model.pt").is_file()
+    assert [p.name for p in (root / "models").glob("checkpoint*.pt")] == ["checkpoint_checkpoint_epoch=2.pt"]
+    losses = [float(x) for x in re.findall(r"train_loss: ([0-9.]+)", log)]
+    assert losses and all(np.isfinite(losses))
+    assert re.search(r"val_psnr: [0-9.]+", log) and re.search(r"val_ssim: [0-9.]+", log)
+    # tracked by default, no flag: the sqlite store under output_dir, readable by the MLflow client
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'eval' / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("seq2seq")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
+    assert len(client.get_metric_history(run.info.run_id, "val_psnr")) == 2
+    assert float(run.data.params["learning_rate"]) == pytest.approx(0.001)
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert any(p.startswith("config_") and p.endswith(".json") for p in arts)
+    assert "samples" in arts
+
+
+def test_training_resumes_without_losing_finished_epochs(trained, phantom, tmp_path):
+    root, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(root, resumed)
+    proc = run_bundle(B, ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", resumed, "--max_epochs", 3,
+                      *TINY)
+    log = proc.stdout + proc.stderr
+    assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log and "Epoch: 2/3" not in log
+    assert (resumed / "models" / "checkpoint_checkpoint_epoch=3.pt").is_file()
+
+
+def test_train_step_loss_is_the_papers_combination():
+    """With a network that always outputs zeros, every pass predicts 0: the loss is
+    10 * (SL1(0, tgt) + SL1(0, src)) + 10 * SL1(0, src)."""
+    src, tgt = torch.full((2, 3, 8, 8), 0.5), torch.full((2, 3, 8, 8), 2.0)
+    step = Seq2SeqTrainStep(rec_weight=10, cycle_weight=10)
+    out = step.losses(lambda x, c: torch.zeros_like(x), src, tgt, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    sl1_src = 0.5 * 0.5**2  # |d| < 1: 0.5 d^2
+    sl1_tgt = 2.0 - 0.5  # |d| >= 1: |d| - 0.5
+    assert float(out["loss"]) == pytest.approx(10 * (sl1_tgt + sl1_src) + 10 * sl1_src)
+    assert float(out["loss_cyc"]) == pytest.approx(sl1_src)
+
+
+def test_perceptual_loss_without_weights_fails_clearly():
+    with pytest.raises(RuntimeError, match="perceptual loss .* pretrained ImageNet weights"):
+        Seq2SeqTrainStep(perceptual_weight=0.01)
+
+
+def test_inference_keeps_geometry_and_uses_available_sources(trained, phantom, tmp_path):
+    root, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    # an oblique affine must survive unchanged
+    case = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    theta = np.deg2rad(12)
+    oblique = np.array([[4 * np.cos(theta), -4 * np.sin(theta), 0, -90], [4 * np.sin(theta), 4 * np.cos(theta), 0, -120],
+                        [0, 0, 4, -60], [0, 0, 0, 1]])
+    for f in case.glob("*.nii.gz"):
+        img = nib.load(str(f))
+        save_nifti(np.asarray(img.dataobj), oblique, f, dtype=img.get_data_dtype())
+    # a case with only the target itself: reconstructed from it
+    solo = data / "SOLO"
+    solo.mkdir()
+    shutil.copy(case / f"{case.name}_flair.nii.gz", solo / "SOLO_flair.nii.gz") if (case / f"{case.name}_flair.nii.gz").exists() \
+        else shutil.copy(next(case.glob("*_t2.nii.gz")), solo / "SOLO_flair.nii.gz")
+    out = tmp_path / "out"
+    run_bundle(B, ["inference", "quick"], "--dataset_dir", data, "--bundle_root", root, "--output_dir", out,
+               "--target", "flair", *TINY[:2])
+    cases = sorted(p.name for p in data.iterdir() if p.is_dir())
+    for cid in cases:
+        syn = out / cid / f"{cid}_flair_syn.nii.gz"
+        assert syn.is_file(), syn
+        ref = nib.load(str(next((data / cid).glob(f"{cid}_*.nii.gz"))))
+        img = nib.load(str(syn))
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+        arr = img.get_fdata()
+        assert np.isfinite(arr).all() and arr.max() > 0
+        side = json.loads(syn.with_name(f"{cid}_flair_syn.json").read_text())
+        if cid == "SOLO":
+            assert side["sources"] == ["flair"]
+        else:
+            assert "flair" not in side["sources"] and side["sources"]
+    np.testing.assert_allclose(nib.load(str(out / case.name / f"{case.name}_flair_syn.nii.gz")).affine, oblique, atol=1e-5)
+
+
+def test_inference_bad_input(trained, phantom, tmp_path):
+    root, _ = trained
+    proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", phantom, "--bundle_root", root, "--output_dir",
+                      tmp_path / "o1", "--target", "dwi", check=False)
+    assert proc.returncode != 0 and "unknown sequence 'dwi'" in proc.stderr
+    # no weights: a clear message naming the missing file
+    proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", phantom, "--bundle_root", tmp_path / "empty",
+                      "--output_dir", tmp_path / "o2", check=False)
+    assert proc.returncode != 0 and "model.pt: no trained weights" in proc.stderr
+    # one unreadable case: the others are still written, the error names the file
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    bad = sorted(data.glob("*/*_t2.nii.gz"))[0]
+    bad.write_bytes(b"garbage")
+    out = tmp_path / "o3"
+    proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", data, "--bundle_root", root, "--output_dir", out,
+                      "--target", "t1", check=False)
+    assert proc.returncode != 0 and f"{bad.name}" in proc.stderr and "cannot read image" in proc.stderr
+    written = list(out.glob("*/*_t1_syn.nii.gz"))
+    assert len(written) == len([p for p in data.iterdir() if p.is_dir()]) - 1
+    assert bad.parent.name not in {p.parent.name for p in written}
+
+
+def test_evaluation_outputs(trained, phantom, tmp_path):
+    root, _ = trained
+    out = tmp_path / "ev"
+    proc = run_bundle(B, ["train", "quick", "evaluate"], "--dataset_dir", phantom, "--bundle_root", root,
+                      "--output_dir", out, *TINY)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    cases = sorted(p for p in phantom.iterdir() if p.is_dir())
+    n_avail = {c.name: len([s for s in ("t1", "t1ce", "t2", "flair") if (c / f"{c.name}_{s}.nii.gz").exists()]) for c in cases}
+    assert len(rows) == sum(n * (n - 1) for n in n_avail.values())
+    assert all(r["source"] != r["target"] for r in rows)
+    assert all(r["lpips"] == "" for r in rows)  # no AlexNet weights here: never a made-up number
+    r = rows[0]
+    # the noise-floor limit, recomputed independently from the files
+    cdir = phantom / r["case"]
+    noisy = nib.load(str(cdir / f"{r['case']}_{r['target']}.nii.gz")).get_fdata()
+    clean = nib.load(str(cdir / f"{r['case']}_{r['target']}_noiseless.nii.gz")).get_fdata()
+    lo, hi = percentile_range(noisy, PAPER["lower_percentile"], PAPER["upper_percentile"], PAPER["upper_factor"])
+    expected = psnr(apply_range(clean, lo, hi), apply_range(noisy, lo, hi))
+    assert float(r["limit_psnr"]) == pytest.approx(expected, abs=1e-3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == len(cases) and summary["lpips"].startswith("LPIPS unavailable")
+    assert set(summary["contribution"]["rank_d"]) == {"t1", "t1ce", "t2", "flair"}
+    with open(out / "contribution.csv") as f:
+        assert [row["sequence"] for row in csv.DictReader(f)] == ["t1", "t1ce", "t2", "flair"]
+    assert (out / "contribution.png").stat().st_size > 1000
+    maps = sorted((out / "maps").glob("*_diffmap.nii.gz"))
+    assert len(maps) == sum(n_avail.values())
+    m = nib.load(str(maps[0]))
+    assert m.shape == nib.load(str(next(cases[0].glob("*_t1*.nii.gz")))).shape and m.get_fdata().min() >= 0
+    assert len(list((out / "maps").glob("*.png"))) > 0
+    assert "C_d ranking" in proc.stdout + proc.stderr
