@@ -235,3 +235,37 @@ def test_split_cases_is_deterministic_and_disjoint():
     assert split_cases(cases, 0.2, seed=3) == (tr, va)
     tr2, va2 = split_cases(cases[:2], 0.01)
     assert len(tr2) == 1 and len(va2) == 1
+
+
+def test_random_source_subsets(brats_dir):
+    from mrsynth.transforms import RandSourceSubsetd
+
+    case = LoadSequencesd(SEQS)(list_brats_cases(brats_dir)[0])  # all four present
+    t = RandSourceSubsetd(SEQS, num_slices=3, num_samples=200)
+    t.set_random_state(0)
+    samples = t(case)
+    sizes = set()
+    for s in samples:
+        m = s["mask"]
+        assert s["image"].shape == (12, 16, 20) and m.shape == (4,)
+        assert m.sum() >= 1 and m[int(s["tgt_code"])] == 0  # target outside the subset
+        assert m[int(s["rec_code"])] == 1
+        for i in range(4):
+            block = s["image"][3 * i : 3 * i + 3]
+            if m[i]:
+                torch.testing.assert_close(block, extract_slab(case[SEQS[i]], s["slice"], 3))
+            else:
+                assert float(block.abs().max()) == 0.0
+        sizes.add(int(m.sum()))
+    assert sizes == {1, 2, 3}
+
+
+def test_deterministic_source_subsets(brats_dir):
+    from mrsynth.transforms import SourceSubsetsd
+
+    case = LoadSequencesd(SEQS)(list_brats_cases(brats_dir)[1])  # t1 and t2 only
+    largest = SourceSubsetsd(SEQS, num_slices=1)(case)
+    assert [(s["src_name"], s["tgt_name"]) for s in largest] == [("t2", "t1"), ("t1", "t2")]
+    full = LoadSequencesd(SEQS)(list_brats_cases(brats_dir)[0])
+    every = SourceSubsetsd(SEQS, num_slices=1, all_subsets=True)(full)
+    assert len(every) == 4 * 7  # 4 targets x 7 non-empty subsets of the other three

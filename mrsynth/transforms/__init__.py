@@ -2,7 +2,7 @@
 
 from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range
 from .io import LoadSequencesd
-from .sampling import RandSequencePaird, SequencePairsd, extract_slab, slab_indices
+from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
 
 __all__ = [
     "LoadSequencesd",
@@ -14,6 +14,8 @@ __all__ = [
     "invert_range",
     "RandSequencePaird",
     "SequencePairsd",
+    "RandSourceSubsetd",
+    "SourceSubsetsd",
     "extract_slab",
     "slab_indices",
 ]

@@ -26,7 +26,7 @@ from monai.transforms import MapTransform, Randomizable
 
 from ..errors import DataError
 
-__all__ = ["RandSequencePaird", "SequencePairsd", "extract_slab", "slab_indices"]
+__all__ = ["RandSequencePaird", "SequencePairsd", "RandSourceSubsetd", "SourceSubsetsd", "extract_slab", "slab_indices"]
 
 
 def slab_indices(center: int, num_slices: int, depth: int) -> list[int]:
@@ -167,3 +167,103 @@ class SequencePairsd(_PairBase):
             for t in avail
             if self.include_identity or s != t
         ]
+
+
+class _SubsetBase(_PairBase):
+    """Many-to-one samples: the chosen sources stacked as channels ``(N * num_slices, H, W)``
+    (zeros for sequences not used), ``mask`` ``(N,)`` (1 = used), ``label`` the target."""
+
+    def _subset_sample(self, d, subset: list[int], tgt: int, center: int, rec: int) -> dict:
+        slabs = [extract_slab(d[name], center, self.num_slices) if i in subset else None
+                 for i, name in enumerate(self.sequences)]
+        zeros = torch.zeros_like(next(s for s in slabs if s is not None))
+        t_name = self.sequences[tgt]
+        out = {
+            "image": torch.cat([s if s is not None else zeros for s in slabs]),
+            "mask": torch.tensor([float(i in subset) for i in range(len(self.sequences))]),
+            "label": extract_slab(d[t_name], center, self.num_slices),
+            "tgt_code": torch.tensor(tgt, dtype=torch.long),
+            "rec_code": torch.tensor(rec, dtype=torch.long),
+            "src_name": "+".join(self.sequences[i] for i in subset),
+            "tgt_name": t_name,
+            "slice": center if self.num_slices else -1,
+            "case": d.get("case", ""),
+        }
+        for suffix in self.extra:
+            key = f"{t_name}_{suffix}"
+            if key in d:
+                out[f"label_{suffix}"] = extract_slab(d[key], center, self.num_slices)
+        return out
+
+
+class RandSourceSubsetd(Randomizable, _SubsetBase):
+    """Draw ``num_samples`` (source subset, target, slice) triples for many-to-one training (TSF-Seq2Seq).
+
+    The subset size is uniform in ``1 .. min(n - 1, max_sources)`` for a case with ``n``
+    available sequences, its members uniform among them; the target is drawn among the available
+    sequences outside the subset (a single-sequence case reconstructs itself); ``rec_code`` is a random member of the subset (the paper's
+    source-reconstruction term).
+
+    Returns:
+        a list of dicts with ``image`` ``(N * num_slices, H, W)`` (or ``(N, H, W, D)`` in 3D),
+        ``mask`` ``(N,)``, ``label``, ``tgt_code``, ``rec_code``, ``src_name`` (e.g. ``"t1+t2"``),
+        ``tgt_name``, ``slice``, ``case``.
+    """
+
+    def __init__(self, sequences, num_slices: int = 3, num_samples: int = 1, central_slices=None,
+                 max_sources: int | None = None, extra=()):
+        _SubsetBase.__init__(self, sequences, num_slices, central_slices, extra)
+        self.num_samples, self.max_sources = int(num_samples), max_sources
+
+    def randomize(self, data=None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        d = dict(data)
+        avail = self._available(d)
+        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
+        lo, hi = _slice_window(depth, self.central_slices)
+        out = []
+        for _ in range(self.num_samples):
+            k_max = max(len(avail) - 1, 1)  # leave a target outside the subset when there is one
+            if self.max_sources is not None:
+                k_max = min(k_max, self.max_sources)
+            k = int(self.R.randint(1, k_max + 1))
+            subset = sorted(int(i) for i in self.R.choice(avail, size=k, replace=False))
+            outside = [i for i in avail if i not in subset]
+            tgt = int(self.R.choice(outside or avail))
+            rec = int(self.R.choice(subset))
+            center = int(self.R.randint(lo, hi)) if self.num_slices else -1
+            out.append(self._subset_sample(d, subset, tgt, center, rec))
+        return out
+
+
+class SourceSubsetsd(_SubsetBase):
+    """Deterministic many-to-one samples for validation and evaluation.
+
+    For every available target: either the largest subset (all other available sequences,
+    ``all_subsets=False``) or every non-empty subset of the other available sequences
+    (``all_subsets=True``), at ``slices_per_case`` evenly spaced slices (whole volumes in 3D).
+    """
+
+    def __init__(self, sequences, num_slices: int = 3, slices_per_case: int = 1, central_slices=None,
+                 all_subsets: bool = False, extra=()):
+        super().__init__(sequences, num_slices, central_slices, extra)
+        self.slices_per_case, self.all_subsets = int(slices_per_case), all_subsets
+
+    def subsets(self, avail: list[int], tgt: int) -> list[list[int]]:
+        others = [i for i in avail if i != tgt]
+        if not self.all_subsets:
+            return [others] if others else []
+        return [[others[j] for j in range(len(others)) if m >> j & 1] for m in range(1, 2 ** len(others))]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        d = dict(data)
+        avail = self._available(d)
+        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
+        lo, hi = _slice_window(depth, self.central_slices)
+        if self.num_slices:
+            centers = np.linspace(lo, hi - 1, self.slices_per_case + 2)[1:-1].round().astype(int).tolist()
+        else:
+            centers = [-1]
+        return [self._subset_sample(d, sub, t, c, sub[0]) for c in centers for t in avail for sub in self.subsets(avail, t)]
