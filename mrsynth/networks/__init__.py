@@ -11,6 +11,7 @@ from .seq2seq import (
     Seq2SeqDecoder,
     Seq2SeqEncoder,
 )
+from .tsf import FusionOutput, TaskSpecificFusion, TSFOutput, TSFSeq2Seq
 
 __all__ = [
     "CodeEmbedding",
@@ -25,4 +26,8 @@ __all__ = [
     "Seq2SeqDecoder",
     "Seq2SeqEncoder",
     "code_to_onehot",
+    "FusionOutput",
+    "TaskSpecificFusion",
+    "TSFOutput",
+    "TSFSeq2Seq",
 ]
