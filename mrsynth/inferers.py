@@ -29,9 +29,12 @@ class SlabInferer(Inferer):
             down-sampling factor) with ``pad_value``, and cropped back after.
         pad_value: value of the padding (-1 is background on the papers' [-1, 1] scale).
 
-    Call: ``inferer(inputs, network, code)`` with ``inputs`` ``(B, 1, H, W, D)`` and ``code``
-    ``(B,)`` (or anything ``network`` takes per sample, indexed along dim 0). Returns
-    ``(B, 1, H, W, D)``; every slice is the mean of the ``num_slices`` slabs that predicted it.
+    Call: ``inferer(inputs, network, *args)`` with ``inputs`` ``(B, C, H, W, D)`` and per-sample
+    extra inputs (a target code ``(B,)``, an availability mask ``(B, N)``, ...) indexed along
+    dim 0. Each of the ``C`` input volumes (``C`` sources for a many-to-one network) is cut into
+    slabs and the slabs are stacked source-major: the network sees ``(n, C * num_slices, H, W)``.
+    Returns ``(B, 1, H, W, D)``; every slice is the mean of the ``num_slices`` slabs that
+    predicted it.
     """
 
     def __init__(self, num_slices: int = 3, batch_size: int = 8, divisible_by: int = 4, pad_value: float = -1.0):
@@ -42,8 +45,8 @@ class SlabInferer(Inferer):
         self.divisible_by, self.pad_value = int(divisible_by), float(pad_value)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
-        if inputs.ndim != 5 or inputs.shape[1] != 1:
-            raise ValueError(f"SlabInferer expects a (B, 1, H, W, D) volume, got shape {tuple(inputs.shape)}")
+        if inputs.ndim != 5:
+            raise ValueError(f"SlabInferer expects (B, C, H, W, D) volumes, got shape {tuple(inputs.shape)}")
         x = torch.as_tensor(inputs)
         b, _, h, w, depth = x.shape
         ph, pw = (-h) % self.divisible_by, (-w) % self.divisible_by
@@ -51,12 +54,13 @@ class SlabInferer(Inferer):
         count = torch.zeros(depth, dtype=x.dtype, device=x.device)
         centers = list(range(depth))
         for i in range(b):
-            vol = x[i, 0]
+            vol = x[i]  # (C, H, W, D)
             extra = [a[i : i + 1] if isinstance(a, torch.Tensor) else a for a in args]
             for start in range(0, depth, self.batch_size):
                 chunk = centers[start : start + self.batch_size]
                 idx = [slab_indices(c, self.num_slices, depth) for c in chunk]
-                slabs = torch.stack([vol[..., j].permute(2, 0, 1) for j in idx])  # (n, k, H, W)
+                # (n, C * k, H, W): per slab, the k slices of source 0, then of source 1, ...
+                slabs = torch.stack([vol[..., j].permute(0, 3, 1, 2).reshape(-1, h, w) for j in idx])
                 if ph or pw:
                     slabs = F.pad(slabs, (0, pw, 0, ph), value=self.pad_value)
                 n = slabs.shape[0]

@@ -384,10 +384,24 @@ class TSFSeq2Seq(nn.Module):
         return self.encoder(x)
 
     @torch.jit.export
+    def as_sources(self, x: torch.Tensor) -> torch.Tensor:
+        """Accept sources stacked along the channels, ``(B, N * C_in, *S)`` (source-major, as the
+        data pipeline and :class:`~mrsynth.inferers.SlabInferer` produce them), and return
+        ``(B, N, C_in, *S)``; ``(B, N, C_in, *S)`` passes through."""
+        if x.dim() == self.spatial_dims + 2:
+            b, nc = x.shape[0], x.shape[1]
+            if nc % self.num_sequences != 0:
+                raise ValueError(f"{nc} channels cannot hold {self.num_sequences} sources of equal channels")
+            return x.reshape([b, self.num_sequences, nc // self.num_sequences] + list(x.shape[2:]))
+        return x
+
+    @torch.jit.export
     def encode_sources(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Encode the present sources: ``(B, N, C_in, *S)`` -> ``(B, N, C, *S / 4)``, zeros for absent ones.
+        """Encode the present sources: ``(B, N, C_in, *S)`` (or ``(B, N * C_in, *S)``) ->
+        ``(B, N, C, *S / 4)``, zeros for absent ones.
 
         Only present sources go through the encoder (absent ones are not even read)."""
+        x = self.as_sources(x)
         present = self._check_sources(x, mask)
         b, n = x.shape[0], x.shape[1]
         flat = x.reshape([b * n] + list(x.shape[2:]))
