@@ -1,5 +1,7 @@
 """Training steps (ignite iteration functions) of each method, for MONAI's trainers."""
 
+from .base import TrainStep
 from .seq2seq import Seq2SeqTrainStep, build_perceptual_loss
+from .tsf import TSFTrainStep
 
-__all__ = ["Seq2SeqTrainStep", "build_perceptual_loss"]
+__all__ = ["TrainStep", "Seq2SeqTrainStep", "TSFTrainStep", "build_perceptual_loss"]

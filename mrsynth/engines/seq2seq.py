@@ -17,8 +17,9 @@ Per batch (``image`` = source, ``label`` = target, codes per sample):
 from __future__ import annotations
 
 import torch
-from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+
+from .base import TrainStep
 
 __all__ = ["Seq2SeqTrainStep", "build_perceptual_loss"]
 
@@ -41,7 +42,7 @@ def build_perceptual_loss(spatial_dims: int = 2, network_type: str = "vgg"):
         ) from e
 
 
-class Seq2SeqTrainStep:
+class Seq2SeqTrainStep(TrainStep):
     """One Seq2Seq optimisation step: target, self-reconstruction and cycle passes.
 
     Args:
@@ -88,29 +89,5 @@ class Seq2SeqTrainStep:
         return {"pred": out_tgt, "loss": total, "loss_rec": rec.detach(), "loss_cyc": cyc.detach(),
                 "loss_perceptual": perc.detach()}
 
-    def __call__(self, engine, batchdata: dict) -> dict:
-        device, nb = engine.state.device, engine.non_blocking
-        src = batchdata[Keys.IMAGE].to(device, non_blocking=nb)
-        tgt = batchdata[Keys.LABEL].to(device, non_blocking=nb)
-        src_code = batchdata["src_code"].to(device, non_blocking=nb)
-        tgt_code = batchdata["tgt_code"].to(device, non_blocking=nb)
-        engine.state.output = {Keys.IMAGE: src, Keys.LABEL: tgt}
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast(device_type=torch.device(device).type, enabled=bool(engine.amp)):
-            out = self.losses(engine.network, src, tgt, src_code, tgt_code)
-        engine.state.output.update({Keys.PRED: out["pred"], Keys.LOSS: out["loss"]})
-        engine.state.output.update({k: out[k] for k in ("loss_rec", "loss_cyc", "loss_perceptual")})
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.scaler is not None and engine.amp:
-            engine.scaler.scale(out["loss"]).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            out["loss"].backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
-        engine.state.output[Keys.LOSS] = out["loss"].detach()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI may decollate the output here
-        return engine.state.output
+    def compute(self, network, batch: dict) -> dict:
+        return self.losses(network, batch[Keys.IMAGE], batch[Keys.LABEL], batch["src_code"], batch["tgt_code"])

@@ -21,16 +21,19 @@ __all__ = ["SynthesisInference", "synthesize_volume", "load_weights"]
 logger = logging.getLogger(__name__)
 
 
-def load_weights(network: torch.nn.Module, path, map_location="cpu") -> torch.nn.Module:
-    """Load a state dict saved by the bundle (``models/model.pt``) into ``network``.
+def load_weights(network: torch.nn.Module, path, map_location="cpu", hint: str | None = None) -> torch.nn.Module:
+    """Load a state dict saved by a bundle (``models/model.pt``) into ``network`` and return it.
+
+    Args:
+        hint: what to do when the file is missing (default: train this bundle or pass --ckpt_path).
 
     Raises:
-        FileNotFoundError: naming the path and how to get weights, when the file is missing.
+        FileNotFoundError: naming the path and ``hint``, when the file is missing.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no trained weights. Train the bundle first (configs/train.json) or pass --ckpt_path"
+            f"{path}: no trained weights. {hint or 'Train the bundle first (configs/train.json) or pass --ckpt_path'}"
         )
     state = torch.load(str(path), map_location=map_location, weights_only=True)
     if isinstance(state, dict) and "model" in state and not any(k.endswith("weight") for k in state):
@@ -40,12 +43,19 @@ def load_weights(network: torch.nn.Module, path, map_location="cpu") -> torch.nn
 
 
 @torch.no_grad()
-def synthesize_volume(network, inferer, volume: torch.Tensor, code: int, device) -> torch.Tensor:
+def synthesize_volume(network, inferer, volume: torch.Tensor, code: int, device, mask=None) -> torch.Tensor:
     """Translate one normalised volume ``(1, H, W, D)`` into the sequence ``code``; returns
-    ``(1, H, W, D)`` on the CPU."""
+    ``(1, H, W, D)`` on the CPU.
+
+    For a many-to-one network, ``volume`` is ``(N, H, W, D)`` (one per sequence, zeros where
+    absent) and ``mask`` the ``(N,)`` availability: the network is called as
+    ``network(slabs, mask, code)``."""
     x = torch.as_tensor(volume).float()[None].to(device)
     c = torch.tensor([code], device=device)
-    return inferer(x, network, c)[0].cpu()
+    if mask is None:
+        return inferer(x, network, c)[0].cpu()
+    m = torch.as_tensor(mask, dtype=torch.float32, device=device)[None]
+    return inferer(x, network, m, c)[0].cpu()
 
 
 class SynthesisInference:
@@ -68,13 +78,16 @@ class SynthesisInference:
         device: torch device.
         preprocessing: loading and normalisation (default: :class:`LoadSequencesd` and the
             papers' [-1, 1] scaling); the output is mapped back with the first source's scale.
+        many_to_one: the network fuses all sources in one call (TSF-Seq2Seq): it gets every
+            source volume (zeros for the absent ones) and the availability mask, instead of one
+            synthesis per source averaged.
 
     A case that cannot be read is skipped with a warning naming the file; the others are
     written, then :meth:`run` raises :class:`DataError` listing the skipped cases.
     """
 
     def __init__(self, network, inferer, sequences, target, dataset_dir, output_dir, source="all",
-                 ckpt_path=None, device="cpu", preprocessing=None, layout="auto"):
+                 ckpt_path=None, device="cpu", preprocessing=None, layout="auto", many_to_one: bool = False):
         self.sequences = [s.lower() for s in sequences]
         self.target = str(target).lower()
         self.code = sequence_index(self.target, self.sequences)
@@ -83,7 +96,7 @@ class SynthesisInference:
                 sequence_index(s, self.sequences)
         self.network, self.inferer, self.source = network, inferer, source
         self.dataset_dir, self.output_dir, self.layout = Path(dataset_dir), Path(output_dir), layout
-        self.ckpt_path, self.device = ckpt_path, torch.device(device)
+        self.ckpt_path, self.device, self.many_to_one = ckpt_path, torch.device(device), many_to_one
         self.preprocessing = preprocessing or Compose(
             [LoadSequencesd(self.sequences), ScalePercentiled(self.sequences, **PAPER)]
         )
@@ -126,8 +139,15 @@ class SynthesisInference:
     def _one(self, case: dict) -> Path:
         sources = self.sources_for(case)
         d = self.preprocessing({k: case[k] for k in ["case", *sources]})
-        preds = [synthesize_volume(self.network, self.inferer, d[s], self.code, self.device) for s in sources]
-        pred = torch.stack(preds).mean(0)[0].numpy()
+        if self.many_to_one:
+            ref = d[sources[0]]
+            vols = torch.cat([torch.as_tensor(d[s]) if s in sources else torch.zeros_like(torch.as_tensor(ref))
+                              for s in self.sequences])
+            mask = [float(s in sources) for s in self.sequences]
+            pred = synthesize_volume(self.network, self.inferer, vols, self.code, self.device, mask)[0].numpy()
+        else:
+            preds = [synthesize_volume(self.network, self.inferer, d[s], self.code, self.device) for s in sources]
+            pred = torch.stack(preds).mean(0)[0].numpy()
         lo, hi, b_min, b_max = d[f"{sources[0]}_scale"]
         ref = d[sources[0]]
         out = self.output_path(case["case"])
