@@ -16,6 +16,7 @@ Outputs in ``output_dir``:
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..metrics import LPIPS, contribution_ranking, differentiation_map, psnr, sa
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled
 from .synthesis import load_weights, synthesize_volume
 
-__all__ = ["PairwiseEvaluation", "foreground_mask", "COLUMNS"]
+__all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_table", "mean_of", "COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,85 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
 
 
-class PairwiseEvaluation:
-    """Score every available (source, target) pair of ``cases`` with ``network``.
+class VolumeEvaluation:
+    """Shared plumbing of the evaluations: weights, loading with the noiseless twins scaled like
+    their noisy images, the foreground mask, the CSV and the run loop. Subclasses implement
+    :meth:`evaluate_case` (rows), :meth:`summarize` and :meth:`format`."""
+
+    columns: list[str] = COLUMNS
+
+    def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
+                 map_previews: int = 2):
+        self.network, self.inferer = network, inferer
+        self.sequences = [s.lower() for s in sequences]
+        self.cases, self.output_dir = list(cases), Path(output_dir)
+        self.ckpt_path, self.device = ckpt_path, torch.device(device)
+        self.map_previews = int(map_previews)
+        noiseless = [f"{s}_noiseless" for s in self.sequences]
+        self.preprocessing = Compose([
+            LoadSequencesd(self.sequences + noiseless),
+            ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences,
+                             **PAPER),
+        ])
+
+    def prepare(self) -> None:
+        """Load weights and put the network in evaluation mode (called by :meth:`run`)."""
+        if self.ckpt_path is not None:
+            load_weights(self.network, self.ckpt_path, map_location=self.device)
+        self.network.to(self.device).eval()
+
+    def load(self, case: dict):
+        """``(d, avail, vols, clean, mask)``: the preprocessed case, its available sequences, the
+        normalised volumes ``(H, W, D)``, the noiseless ones where present, the head mask."""
+        d = self.preprocessing(case)
+        avail = [s for s in self.sequences if s in d]
+        vols = {s: d[s][0].numpy() for s in avail}
+        clean = {s: d[f"{s}_noiseless"][0].numpy() for s in avail if f"{s}_noiseless" in d}
+        return d, avail, vols, clean, foreground_mask(list(clean.values()) or list(vols.values()))
+
+    def run(self) -> dict:
+        self.prepare()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for k, case in enumerate(self.cases):
+            rows += self.evaluate_case(case, preview=k < self.map_previews)
+        self.write_csv(rows, self.output_dir / "metrics.csv")
+        summary = self.summarize(rows)
+        save_json(summary, self.output_dir / "summary.json")
+        logger.info("\n%s", self.format(summary))
+        return summary
+
+    def write_csv(self, rows: list[dict], path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(self.columns)
+            for r in rows:
+                w.writerow([r[c] if isinstance(r[c], (str, int)) else _fmt(r[c]) for c in self.columns])
+
+    def save_map(self, volume, affine, name: str, preview: bool, title: str) -> None:
+        out = self.output_dir / "maps" / f"{name}.nii.gz"
+        save_nifti(volume, np.asarray(affine), out)
+        if preview:
+            save_map_preview(volume, out.with_suffix("").with_suffix(".png"), title=title)
+
+    def evaluate_case(self, case: dict, preview: bool = False) -> list[dict]:
+        raise NotImplementedError
+
+    def summarize(self, rows: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def format(self, summary: dict) -> str:
+        return json.dumps(summary, indent=1)
+
+
+def mean_of(rows: list[dict], key: str):
+    """Mean of ``key`` over ``rows`` (``None`` values skipped; ``None`` if there are none)."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+class PairwiseEvaluation(VolumeEvaluation):
+    """Score every available (source, target) pair of ``cases`` with a one-to-one ``network``.
 
     Args:
         network, inferer: as for :class:`~mrsynth.workflows.SynthesisInference`.
@@ -70,40 +148,15 @@ class PairwiseEvaluation:
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
                  lpips_net: str | None = "alex", map_previews: int = 2):
-        self.network, self.inferer = network, inferer
-        self.sequences = [s.lower() for s in sequences]
-        self.cases, self.output_dir = list(cases), Path(output_dir)
-        self.ckpt_path, self.device = ckpt_path, torch.device(device)
+        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews)
         self.lpips = LPIPS(lpips_net, device=str(self.device)) if lpips_net else None
-        self.map_previews = int(map_previews)
-        noiseless = [f"{s}_noiseless" for s in self.sequences]
-        self.preprocessing = Compose([
-            LoadSequencesd(self.sequences + noiseless),
-            ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences,
-                             **PAPER),
-        ])
 
-    def run(self) -> dict:
-        if self.ckpt_path is not None:
-            load_weights(self.network, self.ckpt_path, map_location=self.device)
-        self.network.to(self.device).eval()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for k, case in enumerate(self.cases):
-            rows += self.evaluate_case(case, preview=k < self.map_previews)
-        self._write_csv(rows)
-        summary = self.summarize(rows)
-        save_json(summary, self.output_dir / "summary.json")
-        logger.info("\n%s", format_table(summary))
-        return summary
+    def format(self, summary: dict) -> str:
+        return format_table(summary)
 
     def evaluate_case(self, case: dict, preview: bool = False) -> list[dict]:
-        d = self.preprocessing(case)
+        d, avail, vols, clean, mask = self.load(case)
         cid = case["case"]
-        avail = [s for s in self.sequences if s in d]
-        vols = {s: d[s][0].numpy() for s in avail}
-        clean = {s: d[f"{s}_noiseless"][0].numpy() for s in avail if f"{s}_noiseless" in d}
-        mask = foreground_mask(list(clean.values()) or list(vols.values()))
         rows = []
         for t in avail:
             code = self.sequences.index(t)
@@ -122,24 +175,12 @@ class PairwiseEvaluation:
                     "limit_psnr_fg": psnr(clean[t], tgt, mask=mask) if t in clean else None,
                     "copy_psnr": psnr(vols[s], tgt), "copy_ssim": ssim(vols[s], tgt, axis=-1),
                 })
-            dmap = differentiation_map(preds, tgt)
-            out = self.output_dir / "maps" / f"{cid}_{t}_diffmap.nii.gz"
-            save_nifti(dmap, np.asarray(d[t].affine), out)
-            if preview:
-                save_map_preview(dmap, out.with_suffix("").with_suffix(".png"), title=f"{cid}: differentiation map of {t}")
+            self.save_map(differentiation_map(preds, tgt), d[t].affine, f"{cid}_{t}_diffmap", preview,
+                          f"{cid}: differentiation map of {t}")
         return rows
 
-    def _write_csv(self, rows: list[dict]) -> None:
-        with atomic_path(self.output_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow([r[c] if c in ("case", "source", "target") else _fmt(r[c]) for c in COLUMNS])
-
     def summarize(self, rows: list[dict]) -> dict:
-        def mean(rs, key):
-            vals = [r[key] for r in rs if r[key] is not None]
-            return float(np.mean(vals)) if vals else None
+        mean = mean_of
 
         keys = COLUMNS[3:]
         pairs = {}
