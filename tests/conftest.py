@@ -38,3 +38,24 @@ def brats_dir(tmp_path):
     write_case(root, "C1", seqs=("t1", "t2"), seed=1)
     write_case(root, "C2", seqs=("t2",), seed=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory):
+    """4 subjects at 4 mm, up to 1 missing sequence per case (incomplete data trains too)."""
+    from mrsynth.data.phantom import write_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_dataset(root, subjects=4, spacing=4.0, seed=7, layout="brats", drop_max=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_seq2seq(phantom, tmp_path_factory):
+    """A Seq2Seq bundle root trained for 2 tiny epochs (quick.json, shrunk further), and its log."""
+    from bundle_utils import TINY, run_bundle
+
+    root = tmp_path_factory.mktemp("seq2seq_bundle")
+    proc = run_bundle("seq2seq", ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", root,
+                      "--max_epochs", 2, "--val_interval", 1, *TINY)
+    return root, proc.stdout + proc.stderr

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from bundle_utils import TINY, run_bundle
-from mrsynth.data.phantom import write_dataset
 from mrsynth.engines import Seq2SeqTrainStep
 from mrsynth.io import save_nifti
 from mrsynth.metrics import psnr
@@ -23,25 +22,8 @@ from mrsynth.transforms import PAPER, percentile_range, apply_range
 B = "seq2seq"
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    """4 subjects at 4 mm, 1 missing sequence allowed per case (incomplete data trains too)."""
-    root = tmp_path_factory.mktemp("phantom")
-    write_dataset(root, subjects=4, spacing=4.0, seed=7, layout="brats", drop_max=1, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(phantom, tmp_path_factory):
-    """A bundle root trained for 2 tiny epochs (the quick config, shrunk further)."""
-    root = tmp_path_factory.mktemp("bundle")
-    proc = run_bundle(B, ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", root, "--max_epochs", 2,
-                      "--val_interval", 1, *TINY)
-    return root, proc.stdout + proc.stderr
-
-
-def test_training_writes_best_model_checkpoint_and_tracking(trained):
-    root, log = trained
+def test_training_writes_best_model_checkpoint_and_tracking(trained_seq2seq):
+    root, log = trained_seq2seq
     assert (root / "models" / "model.pt").is_file()
     assert [p.name for p in (root / "models").glob("checkpoint*.pt")] == ["checkpoint_checkpoint_epoch=2.pt"]
     losses = [float(x) for x in re.findall(r"train_loss: ([0-9.]+)", log)]
@@ -61,8 +43,8 @@ def test_training_writes_best_model_checkpoint_and_tracking(trained):
     assert "samples" in arts
 
 
-def test_training_resumes_without_losing_finished_epochs(trained, phantom, tmp_path):
-    root, _ = trained
+def test_training_resumes_without_losing_finished_epochs(trained_seq2seq, phantom, tmp_path):
+    root, _ = trained_seq2seq
     resumed = tmp_path / "resumed"
     shutil.copytree(root, resumed)
     proc = run_bundle(B, ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", resumed, "--max_epochs", 3,
@@ -89,8 +71,8 @@ def test_perceptual_loss_without_weights_fails_clearly():
         Seq2SeqTrainStep(perceptual_weight=0.01)
 
 
-def test_inference_keeps_geometry_and_uses_available_sources(trained, phantom, tmp_path):
-    root, _ = trained
+def test_inference_keeps_geometry_and_uses_available_sources(trained_seq2seq, phantom, tmp_path):
+    root, _ = trained_seq2seq
     data = tmp_path / "data"
     shutil.copytree(phantom, data)
     # an oblique affine must survive unchanged
@@ -127,8 +109,8 @@ def test_inference_keeps_geometry_and_uses_available_sources(trained, phantom, t
     np.testing.assert_allclose(nib.load(str(out / case.name / f"{case.name}_flair_syn.nii.gz")).affine, oblique, atol=1e-5)
 
 
-def test_inference_bad_input(trained, phantom, tmp_path):
-    root, _ = trained
+def test_inference_bad_input(trained_seq2seq, phantom, tmp_path):
+    root, _ = trained_seq2seq
     proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", phantom, "--bundle_root", root, "--output_dir",
                       tmp_path / "o1", "--target", "dwi", check=False)
     assert proc.returncode != 0 and "unknown sequence 'dwi'" in proc.stderr
@@ -150,8 +132,8 @@ def test_inference_bad_input(trained, phantom, tmp_path):
     assert bad.parent.name not in {p.parent.name for p in written}
 
 
-def test_evaluation_outputs(trained, phantom, tmp_path):
-    root, _ = trained
+def test_evaluation_outputs(trained_seq2seq, phantom, tmp_path):
+    root, _ = trained_seq2seq
     out = tmp_path / "ev"
     proc = run_bundle(B, ["train", "quick", "evaluate"], "--dataset_dir", phantom, "--bundle_root", root,
                       "--output_dir", out, *TINY)
