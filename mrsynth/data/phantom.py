@@ -1,0 +1,741 @@
+"""Phantom simulator: multi-sequence brain MRI with a known answer.
+
+Real anatomy (nilearn's MNI152 2009 grey/white-matter probability maps and brain mask) is
+warped per subject, given 0-3 tumours (necrotic core, enhancing rim, oedema, mass effect) and
+imaged with MR signal equations:
+
+================  ==========================================  =================================
+sequence          model                                       signal (per tissue compartment)
+================  ==========================================  =================================
+``t1``            3D spoiled gradient echo (FLASH / SPGR)     PD sin(a)(1-E1)/(1-cos(a)E1) e^(-TE/T2)
+``t1ce``          the same protocol after gadolinium          T1 shortened: 1/T1 = 1/T1_0 + r1 C
+``t2``            (fast) spin echo                            PD (1 - e^(-TR/T1)) e^(-TE/T2)
+``flair``         inversion recovery, CSF nulled              PD |1 - 2e^(-TI/T1) + e^(-TR/T1)| e^(-TE/T2)
+``pd``            spin echo, long TR, short TE                as ``t2``
+================  ==========================================  =================================
+
+with E1 = e^(-TR/T1). Each voxel is a partial-volume mix of six compartments (CSF, GM, WM,
+necrosis, enhancing tumour, oedema); its signal is the fraction-weighted sum of the
+compartments' signals. Then a smooth multiplicative bias field, a scanner scaling factor and
+Rician noise (sigma = mean noiseless white-matter signal / ``snr``) are applied. The image
+before noise is kept (:attr:`PhantomSubject.noiseless`): PSNR(noiseless, noisy) is the best any
+model can score against the noisy target, the *noise-floor limit*.
+
+Everything is deterministic given the arguments. Random numbers come from
+``numpy.random.default_rng`` streams keyed on the seed, one stream per purpose (anatomy,
+protocol, per-sequence acquisition, per-sequence noise), so that asking for another subset of
+sequences, a thick-slice version or another SNR leaves the rest of the subject unchanged, and
+all random fields live on fixed control grids in millimetres, so the same seed gives the same
+subject at any voxel spacing.
+
+Public API: :data:`TISSUE_PARAMETERS`, :func:`load_anatomy`, :func:`simulate_subject`,
+:class:`PhantomSubject`, :func:`write_dataset`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..io import save_json, save_nifti
+from ..sequences import SEQUENCES, sequence_index
+
+__all__ = [
+    "TISSUE_PARAMETERS",
+    "GD_RELAXIVITY",
+    "LABELS",
+    "PhantomSubject",
+    "load_anatomy",
+    "simulate_subject",
+    "write_dataset",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Tissue parameters
+# ---------------------------------------------------------------------------------------------
+# TISSUE_PARAMETERS[tissue][field_strength_T] = {"T1": ms, "T2": ms, "PD": relative water}.
+# Approximate, rounded values chosen inside the ranges reported by:
+#   - Wansapura JP et al., "NMR relaxation times in the human brain at 3.0 Tesla",
+#     J Magn Reson Imaging 1999 (3 T: WM T1 ~830 ms, GM T1 ~1330 ms, T2 WM ~80, GM ~110 ms);
+#   - Stanisz GJ et al., "T1, T2 relaxation and magnetization transfer in tissue at 3T",
+#     Magn Reson Med 2005 (1.5 T: WM 884/72 ms, GM 1124/95 ms; 3 T: WM 1084/69, GM 1820/99 ms);
+#   - Bojorquez JZ et al., "What are normal relaxation times of tissues at 3 T?",
+#     Magn Reson Imaging 2017 (review; spread of brain values at 3 T);
+#   - Rooney WD et al., "Magnetic field and tissue dependencies of human brain longitudinal
+#     1H2O relaxation in vivo", Magn Reson Med 2007 (CSF T1 ~4.3-4.4 s at any field);
+#   - Neeb H et al., "A new method for fast quantitative mapping of absolute water content
+#     in vivo", NeuroImage 2006 (water content: WM ~0.69, GM ~0.80, CSF 1.0 -> PD);
+#   - tumour compartments: representative values for glioblastoma (T1 and T2 prolonged in
+#     tumour and vasogenic oedema, longest in necrosis), in the spirit of Badve C et al.,
+#     "MR fingerprinting of adult brain tumors: initial experience", AJNR 2017. These are
+#     illustrative, not measured means.
+# A subject draws a ~5 % jitter of every value (see ``simulate_subject``).
+TISSUE_PARAMETERS: dict[str, dict[float, dict[str, float]]] = {
+    "csf": {1.5: {"T1": 4200.0, "T2": 2000.0, "PD": 1.00}, 3.0: {"T1": 4300.0, "T2": 1800.0, "PD": 1.00}},
+    "gm": {1.5: {"T1": 1150.0, "T2": 95.0, "PD": 0.80}, 3.0: {"T1": 1500.0, "T2": 90.0, "PD": 0.80}},
+    "wm": {1.5: {"T1": 750.0, "T2": 75.0, "PD": 0.70}, 3.0: {"T1": 1000.0, "T2": 70.0, "PD": 0.70}},
+    "necrosis": {1.5: {"T1": 1900.0, "T2": 250.0, "PD": 0.90}, 3.0: {"T1": 2200.0, "T2": 230.0, "PD": 0.90}},
+    "enhancing": {1.5: {"T1": 1200.0, "T2": 110.0, "PD": 0.85}, 3.0: {"T1": 1600.0, "T2": 100.0, "PD": 0.85}},
+    "oedema": {1.5: {"T1": 1100.0, "T2": 140.0, "PD": 0.85}, 3.0: {"T1": 1450.0, "T2": 130.0, "PD": 0.85}},
+}
+TISSUES: tuple[str, ...] = tuple(TISSUE_PARAMETERS)
+FIELD_STRENGTHS: tuple[float, ...] = (1.5, 3.0)
+
+# Longitudinal relaxivity r1 of gadopentetate (Gd-DTPA) in plasma, /mM/s, at 1.5 T and 3 T
+# (Rohrer M et al., "Comparison of magnetic properties of MRI contrast media solutions at
+# different magnetic field strengths", Invest Radiol 2005: 4.1 and 3.7).
+GD_RELAXIVITY: dict[float, float] = {1.5: 4.1, 3.0: 3.7}
+
+# Label values of the segmentation (BraTS convention).
+LABELS: dict[str, int] = {"background": 0, "necrotic": 1, "oedema": 2, "enhancing": 4}
+
+MODALITY = {"t1": "T1w", "t1ce": "T1Gd", "t2": "T2w", "flair": "FLAIR", "pd": "PDw"}
+ACQUISITION = {
+    "t1": "3D spoiled gradient echo",
+    "t1ce": "3D spoiled gradient echo, post-contrast",
+    "t2": "spin echo",
+    "flair": "inversion recovery spin echo",
+    "pd": "spin echo",
+}
+VENDORS = ("Siemens", "GE", "Philips")
+
+_T1_TEXTURE_CTRL_MM = 6.0  # control spacing of the tissue texture field
+_TUMOUR_SHAPE_CTRL_MM = 8.0  # control spacing of the tumour-boundary irregularity
+_DEFORM_CTRL_MM = 30.0  # control spacing of the smooth deformation
+_BIAS_CTRL_MM = 60.0  # control spacing of the bias field
+
+
+@dataclass
+class PhantomSubject:
+    """One simulated subject. All arrays share the grid given by ``affine`` (RAS, mm), axial
+    slices along the last axis.
+
+    Attributes:
+        images: sequence -> noisy magnitude image, float32 ``(X, Y, Z)``.
+        noiseless: sequence -> the same image before noise (bias field and scanner scaling
+            included); PSNR(noiseless, noisy) is the noise-floor limit.
+        label: uint8 ``(X, Y, Z)``: 0 background, 1 necrotic core, 2 oedema, 4 enhancing rim.
+        affine: 4 x 4 voxel-to-world matrix.
+        sidecars: sequence -> acquisition metadata (the fields of a TUMSyn prompt: age, sex,
+            scanner, modality, voxel size, TR, TE, TI, FA; plus field strength, vendor, snr).
+        brain_mask: bool ``(X, Y, Z)``, voxels at least half brain tissue.
+        fractions: compartment -> partial-volume fraction, float32 ``(X, Y, Z)``, for the
+            compartments in :data:`TISSUES` (the ground truth behind ``label``).
+        noise_sigma: sequence -> standard deviation of the Gaussian noise in each channel.
+        info: subject-level draws (seed, field strength, tumours, tissue parameters used,
+            contrast concentration), for inspection and reports.
+    """
+
+    images: dict[str, np.ndarray]
+    noiseless: dict[str, np.ndarray]
+    label: np.ndarray
+    affine: np.ndarray
+    sidecars: dict[str, dict]
+    brain_mask: np.ndarray
+    fractions: dict[str, np.ndarray] = field(default_factory=dict)
+    noise_sigma: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomy
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _template_1mm():
+    """MNI152 2009 GM/WM probabilities and brain mask at 1 mm: ``(gm, wm, mask, affine)``."""
+    from nilearn import datasets  # imported lazily: slow, and only the phantom needs it
+
+    gm_img = datasets.load_mni152_gm_template(resolution=1)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
+    gm = np.asarray(gm_img.dataobj, dtype=np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj, dtype=np.float32)
+    gm = np.clip(gm, 0, 1) * mask
+    wm = np.clip(wm, 0, 1) * mask
+    total = gm + wm
+    over = total > 1
+    gm[over] /= total[over]
+    wm[over] /= total[over]
+    return gm, wm, mask, np.asarray(gm_img.affine, dtype=np.float64)
+
+
+def _readonly(*arrays):
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+@functools.lru_cache(maxsize=4)
+def load_anatomy(spacing: float):
+    """Tissue probability maps of the MNI152 2009 template at ``spacing`` mm isotropic.
+
+    The 1 mm maps are smoothed with a Gaussian that turns a 1 mm box into a ``spacing`` mm box
+    (anti-aliasing) and resampled once; the result is cached (the arrays are read-only).
+    Voxel ``(0, 0, 0)`` keeps the template's world position, so the field of view is the
+    template's.
+
+    Returns:
+        ``(gm, wm, csf, affine)``: three float32 arrays in [0, 1] and the 4 x 4 affine.
+        CSF = clip(brain mask - GM - WM, 0, 1).
+    """
+    spacing = float(spacing)
+    if not spacing > 0:
+        raise ValueError(f"spacing must be positive, got {spacing}")
+    gm, wm, mask, affine = _template_1mm()
+    out_affine = affine @ np.diag([spacing, spacing, spacing, 1.0])
+    if spacing == 1.0:
+        gm_s, wm_s, mask_s = gm.copy(), wm.copy(), mask
+    else:
+        sigma = math.sqrt(max(spacing**2 - 1.0, 0.0) / 12.0)
+        shape = tuple(int(math.floor((n - 1) / spacing)) + 1 for n in gm.shape)
+        step = round(spacing)
+        integer = abs(spacing - step) < 1e-9
+
+        def resample(a):
+            if sigma > 0:
+                a = ndimage.gaussian_filter(a, sigma, mode="constant", truncate=3.0)
+            if integer:
+                return np.ascontiguousarray(a[::step, ::step, ::step][: shape[0], : shape[1], : shape[2]])
+            grid = np.meshgrid(*[np.arange(n) * spacing for n in shape], indexing="ij", sparse=False)
+            return ndimage.map_coordinates(a, grid, order=1, mode="constant", cval=0.0, prefilter=False)
+
+        gm_s, wm_s, mask_s = resample(gm), resample(wm), resample(mask)
+    csf = np.clip(mask_s - gm_s - wm_s, 0, 1).astype(np.float32)
+    return _readonly(gm_s.astype(np.float32), wm_s.astype(np.float32), csf, out_affine)
+
+
+@functools.lru_cache(maxsize=1)
+def _tumour_sites():
+    """Candidate tumour centres: world coordinates (mm) of deep white matter on a 4 mm lattice
+    of the 1 mm template, with their distance (mm) to the outside of the brain."""
+    gm, wm, mask, affine = _template_1mm()
+    sub = (slice(None, None, 4),) * 3
+    inside = mask[sub] > 0.5
+    dist = ndimage.distance_transform_edt(inside) * 4.0
+    keep = (wm[sub] > 0.5) & (dist > 10.0)
+    idx = np.argwhere(keep)
+    world = idx * 4.0 + affine[:3, 3]
+    return world, dist[keep]
+
+
+def _template_extent():
+    """World bounds (mm) of the template field of view: ``(lo[3], hi[3])``."""
+    gm, _, _, affine = _template_1mm()
+    lo = affine[:3, 3]
+    return lo, lo + (np.array(gm.shape) - 1) * np.diag(affine)[:3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Smooth random fields (separable Gaussian radial basis on a fixed control grid in mm)
+# ---------------------------------------------------------------------------------------------
+def _control_axes(step: float):
+    lo, hi = _template_extent()
+    return [np.arange(lo[i] - 2 * step, hi[i] + 2 * step + 1e-6, step) for i in range(3)]
+
+
+def _smooth_field(rng, axes, step: float) -> np.ndarray:
+    """A zero-mean, unit-variance smooth random field on the grid ``axes`` (world mm per axis).
+
+    Coefficients are drawn on a control lattice with spacing ``step`` mm covering the template
+    (so the draw does not depend on the output grid) and interpolated with separable Gaussian
+    kernels of width ``step``; the result is normalised to unit variance at every voxel.
+    """
+    ctrl = _control_axes(step)
+    coef = rng.standard_normal(tuple(len(c) for c in ctrl))
+    weights = [np.exp(-0.5 * ((np.asarray(a)[:, None] - c[None, :]) / step) ** 2) for a, c in zip(axes, ctrl)]
+    out = np.einsum("ia,jb,kc,abc->ijk", *weights, coef, optimize=True)
+    norm = [np.sqrt((w**2).sum(1)) for w in weights]
+    out /= norm[0][:, None, None] * norm[1][None, :, None] * norm[2][None, None, :]
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signal equations
+# ---------------------------------------------------------------------------------------------
+def _spgr(pd, t1, t2, tr, te, fa):
+    """Spoiled gradient echo steady state (T2* taken as T2: the TE is a few ms)."""
+    e1 = math.exp(-tr / t1)
+    a = math.radians(fa)
+    return pd * math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1) * math.exp(-te / t2)
+
+
+def _spin_echo(pd, t1, t2, tr, te):
+    return pd * (1 - math.exp(-tr / t1)) * math.exp(-te / t2)
+
+
+def _inversion_recovery(pd, t1, t2, tr, te, ti):
+    """Magnitude inversion-recovery spin echo."""
+    return pd * abs(1 - 2 * math.exp(-ti / t1) + math.exp(-tr / t1)) * math.exp(-te / t2)
+
+
+def _csf_null_ti(t1_csf: float, tr: float) -> float:
+    """Inversion time that nulls a tissue of longitudinal relaxation ``t1_csf`` at repetition ``tr``
+    (ln 2 * T1 for TR >> T1)."""
+    return t1_csf * math.log(2.0 / (1.0 + math.exp(-tr / t1_csf)))
+
+
+def _draw_protocols(rng, field_strength: float) -> dict[str, dict]:
+    """Per-subject protocol parameters (ms, degrees), drawn in a fixed order for all sequences."""
+    t1 = {"TR": rng.uniform(10.0, 20.0), "TE": rng.uniform(3.0, 6.0), "TI": None, "FA": rng.uniform(25.0, 35.0)}
+    t2 = {"TR": rng.uniform(3000.0, 6000.0), "TE": rng.uniform(80.0, 120.0), "TI": None, "FA": 90.0}
+    flair_tr = rng.uniform(8000.0, 11000.0)
+    flair_te = rng.uniform(80.0, 140.0)
+    # The protocol is set from the nominal CSF T1 (the scanner does not know this subject's),
+    # within a few percent: CSF is close to, not exactly at, its null point.
+    ti = _csf_null_ti(TISSUE_PARAMETERS["csf"][field_strength]["T1"], flair_tr) * rng.uniform(0.985, 1.015)
+    flair = {"TR": flair_tr, "TE": flair_te, "TI": ti, "FA": 90.0}
+    pd = {"TR": rng.uniform(2500.0, 4000.0), "TE": rng.uniform(10.0, 20.0), "TI": None, "FA": 90.0}
+    protocols = {"t1": t1, "t1ce": dict(t1), "t2": t2, "flair": flair, "pd": pd}
+    return {s: {k: (None if v is None else round(float(v), 2)) for k, v in p.items()} for s, p in protocols.items()}
+
+
+def _signal(seq: str, p: dict, protocol: dict) -> float:
+    """Signal of one compartment with parameters ``p`` (T1, T2, PD; T1 already post-contrast
+    for ``t1ce``) under ``protocol``."""
+    tr, te, ti, fa = protocol["TR"], protocol["TE"], protocol["TI"], protocol["FA"]
+    if seq in ("t1", "t1ce"):
+        return _spgr(p["PD"], p["T1"], p["T2"], tr, te, fa)
+    if seq in ("t2", "pd"):
+        return _spin_echo(p["PD"], p["T1"], p["T2"], tr, te)
+    if seq == "flair":
+        return _inversion_recovery(p["PD"], p["T1"], p["T2"], tr, te, ti)
+    raise ValueError(f"no signal model for sequence {seq!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject simulation
+# ---------------------------------------------------------------------------------------------
+def _check_sequences(sequences) -> tuple[str, ...]:
+    if isinstance(sequences, str):
+        sequences = (sequences,)
+    names = tuple(str(s).lower() for s in sequences)
+    for s in names:
+        sequence_index(s)  # DataError for an unknown name
+    if not names:
+        raise ValueError("at least one sequence is required")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate sequences in {names}")
+    return names
+
+
+def _slab_matrix(n: int, spacing: float, thickness: float) -> np.ndarray:
+    """Weights ``(n_thick, n)`` averaging contiguous ``thickness`` mm slabs from ``n`` slices of
+    ``spacing`` mm (box slice profile, exact overlap of intervals)."""
+    n_new = int(math.floor(n * spacing / thickness + 1e-9))
+    edges_old = np.arange(n + 1) * spacing
+    edges_new = np.arange(n_new + 1) * thickness
+    lo = np.maximum(edges_new[:-1, None], edges_old[None, :-1])
+    hi = np.minimum(edges_new[1:, None], edges_old[None, 1:])
+    w = np.clip(hi - lo, 0, None)
+    return (w / w.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _jittered_parameters(rng, field_strength: float) -> dict[str, dict[str, float]]:
+    """Tissue parameters with a per-subject relative jitter of about 5 %: a factor shared by all
+    tissues (sd 4 %, for T1, T2 and PD separately) times a per-tissue factor (sd 3 %), each
+    clipped at 2.5 sd, so contrasts between tissues vary less than absolute values. CSF is
+    nearly pure water: its T1 gets only a 2 % per-tissue jitter, which keeps FLAIR's CSF close
+    to its null point."""
+
+    def factor(sd):
+        return 1.0 + float(np.clip(sd * rng.standard_normal(), -2.5 * sd, 2.5 * sd))
+
+    shared = {k: factor(0.04) for k in ("T1", "T2", "PD")}
+    out = {}
+    for tissue in TISSUES:
+        base = TISSUE_PARAMETERS[tissue][field_strength]
+        out[tissue] = {}
+        for k in ("T1", "T2", "PD"):
+            if (tissue, k) == ("csf", "T1"):
+                out[tissue][k] = base[k] * factor(0.02)
+            else:
+                out[tissue][k] = base[k] * shared[k] * factor(0.03)
+    out["csf"]["PD"] = min(out["csf"]["PD"], 1.0)
+    return out
+
+
+def _draw_tumours(rng, n: int) -> list[dict]:
+    """Tumour centres (template mm), radii and compartment thresholds."""
+    sites, depth = _tumour_sites()
+    tumours: list[dict] = []
+    for _ in range(n):
+        radius = rng.uniform(8.0, 22.0) if n == 1 else rng.uniform(7.0, 17.0)
+        ok = np.flatnonzero(depth >= 0.7 * radius + 6.0)
+        if ok.size == 0:
+            ok = np.arange(len(sites))
+        for _try in range(10):
+            centre = sites[ok[rng.integers(ok.size)]] + rng.uniform(-2.0, 2.0, size=3)
+            if all(np.linalg.norm(centre - t["centre"]) > 1.1 * (radius + t["radius"]) for t in tumours):
+                break
+        tumours.append(
+            {
+                "centre": centre,
+                "radius": float(radius),
+                "core": float(rng.uniform(0.35, 0.7)),  # necrosis where rho < core
+                "oedema": float(rng.uniform(1.4, 2.2)),  # oedema where 1 <= rho < oedema
+                "irregularity": float(rng.uniform(0.1, 0.25)),
+                "push": float(rng.uniform(0.25, 0.5)) * radius,  # mass effect, mm
+            }
+        )
+    return tumours
+
+
+def simulate_subject(
+    seed: int,
+    spacing: float = 2.0,
+    snr: float = 30.0,
+    sequences=("t1", "t1ce", "t2", "flair"),
+    field_strength: float | None = None,
+    slice_thickness: float | None = None,
+    n_tumours: int | None = None,
+) -> PhantomSubject:
+    """Simulate one subject.
+
+    Args:
+        seed: non-negative integer; the same arguments always give the same subject.
+        spacing: isotropic voxel size (mm) of the simulation grid.
+        snr: mean noiseless white-matter signal over the noise standard deviation.
+        sequences: names from :data:`mrsynth.sequences.SEQUENCES` to image.
+        field_strength: 1.5 or 3.0 T; ``None`` draws it (3 T with probability 0.6).
+        slice_thickness: if given (mm, >= ``spacing``), the images are averaged into contiguous
+            slabs of that thickness along the last (axial) axis: the grid becomes
+            ``spacing x spacing x slice_thickness``. The same seed without it gives the
+            matching high-resolution subject.
+        n_tumours: force the number of tumours (0-3 typical); ``None`` draws 0-3.
+
+    Returns:
+        :class:`PhantomSubject`.
+    """
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    sequences = _check_sequences(sequences)
+    spacing = float(spacing)
+    if slice_thickness is not None:
+        slice_thickness = float(slice_thickness)
+        if slice_thickness < spacing:
+            raise ValueError(f"slice_thickness ({slice_thickness}) must be >= spacing ({spacing})")
+    if field_strength is not None:
+        field_strength = float(field_strength)
+        if field_strength not in FIELD_STRENGTHS:
+            raise ValueError(f"field_strength must be one of {FIELD_STRENGTHS}, got {field_strength}")
+
+    gm_t, wm_t, csf_t, affine = load_anatomy(spacing)
+    shape = gm_t.shape
+    origin = affine[:3, 3]
+    axes = [origin[i] + np.arange(shape[i]) * spacing for i in range(3)]
+
+    # --- subject-level draws (one stream, fixed order) ---------------------------------------
+    rng = np.random.default_rng([seed, 0])
+    drawn_field = FIELD_STRENGTHS[int(rng.random() < 0.6)]
+    fs = drawn_field if field_strength is None else field_strength
+    age = int(rng.integers(18, 86))
+    sex = "M" if rng.random() < 0.5 else "F"
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    params = _jittered_parameters(rng, fs)
+    gd_conc = float(rng.uniform(0.15, 0.4))  # mM in the enhancing rim
+    n_t = int(rng.choice(4, p=[0.1, 0.5, 0.3, 0.1]))
+    n_t = n_t if n_tumours is None else int(n_tumours)
+
+    # Small affine about the brain centre, then a smooth displacement (subject -> template).
+    angles = np.radians(rng.uniform(-5.0, 5.0, size=3))
+    scales = rng.uniform(0.95, 1.05, size=3)
+    shift = rng.uniform(-3.0, 3.0, size=3)
+    deform_amp = rng.uniform(1.5, 3.5)
+    deform = [deform_amp * _smooth_field(rng, axes, _DEFORM_CTRL_MM) for _ in range(3)]
+    tumours = _draw_tumours(rng, n_t)
+    shapes = [_smooth_field(rng, axes, _TUMOUR_SHAPE_CTRL_MM) for _ in tumours]
+    texture = _smooth_field(rng, axes, _T1_TEXTURE_CTRL_MM)
+    bias_shared_amp = rng.uniform(0.04, 0.12)
+    bias_shared = _smooth_field(rng, axes, _BIAS_CTRL_MM)
+
+    # --- geometry: output voxel -> template world coordinates -------------------------------
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rot = (
+        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    )
+    lin = rot @ np.diag(scales)
+    centre = np.array([0.0, -18.0, 18.0])  # approximate centre of the MNI brain
+    offset = centre + shift - lin @ centre
+    grid = [a.reshape([-1 if i == j else 1 for j in range(3)]) for i, a in enumerate(axes)]
+    y = [
+        (lin[j, 0] * grid[0] + lin[j, 1] * grid[1] + lin[j, 2] * grid[2] + offset[j] + deform[j]).astype(np.float32)
+        for j in range(3)
+    ]
+
+    # Tumour shells on the pre-mass-effect coordinates: normalised radius rho (1 = rim edge).
+    a_core = a_tum = a_oed = None
+    for t, shp in zip(tumours, shapes):
+        v = [y[j] - np.float32(t["centre"][j]) for j in range(3)]
+        r = np.sqrt(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)
+        rho = r / (t["radius"] * (1 + t["irregularity"] * np.clip(shp, -2, 2)))
+        width = spacing / t["radius"]  # one voxel of partial volume at the edges
+
+        def soft(thr, rho=rho, width=width):
+            return np.clip(0.5 + (thr - rho) / width, 0, 1)
+
+        c, tu, oe = soft(t["core"]), soft(1.0), soft(t["oedema"])
+        a_core = c if a_core is None else np.maximum(a_core, c)
+        a_tum = tu if a_tum is None else np.maximum(a_tum, tu)
+        a_oed = oe if a_oed is None else np.maximum(a_oed, oe)
+        # Mass effect: sample the template closer to the centre, i.e. push tissue outward.
+        length = 1.2 * t["radius"]
+        g = (t["push"] / length) * np.exp(0.5 * (1 - (r / length) ** 2))
+        y = [np.float32(t["centre"][j]) + v[j] * (1 - g) for j in range(3)]
+
+    coords = np.stack([(y[j] - np.float32(origin[j])) / np.float32(spacing) for j in range(3)])
+    del y
+
+    def warp(a):
+        return ndimage.map_coordinates(a, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+
+    gm, wm, csf = warp(gm_t), warp(wm_t), warp(csf_t)
+    del coords
+    total = gm + wm + csf
+    over = total > 1
+    for a in (gm, wm, csf):
+        a[over] /= total[over]
+    brain = np.minimum(total, 1.0)
+
+    # Compartment fractions: tumour replaces tissue; oedema infiltrates WM (and GM, less).
+    if tumours:
+        core = a_core * brain
+        rim = (a_tum - a_core) * brain
+        keep = 1 - a_tum
+        gm, wm, csf = gm * keep, wm * keep, csf * keep
+        e = np.clip(a_oed - a_tum, 0, 1)
+        oed = e * (wm + 0.5 * gm)
+        wm = wm * (1 - e)
+        gm = gm * (1 - 0.5 * e)
+    else:
+        core = rim = oed = np.zeros_like(gm)
+    fractions = {"csf": csf, "gm": gm, "wm": wm, "necrosis": core, "enhancing": rim, "oedema": oed}
+    fractions = {k: v.astype(np.float32, copy=False) for k, v in fractions.items()}
+
+    # --- images -------------------------------------------------------------------------------
+    protocols = _draw_protocols(np.random.default_rng([seed, 1]), fs)
+    r1 = GD_RELAXIVITY[fs] / 1000.0  # /mM/ms
+    normal_tex = 1 + 0.02 * texture
+    tumour_tex = 1 + 0.06 * texture
+    normal = ("csf", "gm", "wm")
+    seq_rngs = {s: np.random.default_rng([seed, 2, sequence_index(s)]) for s in sequences}
+
+    noiseless = {}
+    for s in sequences:
+        p = {k: dict(v) for k, v in params.items()}
+        if s == "t1ce":
+            p["enhancing"]["T1"] = 1.0 / (1.0 / p["enhancing"]["T1"] + r1 * gd_conc)
+        sig = {k: _signal(s, p[k], protocols[s]) for k in TISSUES}
+        img = sum(sig[k] * fractions[k] for k in normal) * normal_tex
+        img += sum(sig[k] * fractions[k] for k in TISSUES if k not in normal) * tumour_tex
+        srng = seq_rngs[s]
+        bias = np.exp(bias_shared_amp * bias_shared + srng.uniform(0.01, 0.04) * _smooth_field(srng, axes, _BIAS_CTRL_MM))
+        scale = 10 ** srng.uniform(2.0, 3.5)
+        noiseless[s] = (img * bias * scale).astype(np.float32)
+
+    out_affine = affine.copy()
+    voxel_size = [spacing, spacing, spacing]
+    if slice_thickness is not None and slice_thickness != spacing:
+        w = _slab_matrix(shape[2], spacing, slice_thickness)
+
+        def thick(a):
+            return np.ascontiguousarray(np.tensordot(a, w, axes=([2], [1])), dtype=np.float32)
+
+        noiseless = {s: thick(a) for s, a in noiseless.items()}
+        fractions = {k: thick(a) for k, a in fractions.items()}
+        out_affine[:3, 2] *= slice_thickness / spacing
+        out_affine[:3, 3] += out_affine[:3, 2] / 2 - affine[:3, 2] / 2
+        voxel_size = [spacing, spacing, slice_thickness]
+
+    # Label: the largest of {normal tissue, necrosis, enhancing, oedema} inside the brain.
+    brain_frac = sum(fractions.values())
+    brain_mask = brain_frac >= 0.5
+    stack = np.stack([fractions["csf"] + fractions["gm"] + fractions["wm"], fractions["necrosis"], fractions["enhancing"], fractions["oedema"]])
+    label = np.array([0, 1, 4, 2], dtype=np.uint8)[stack.argmax(0)]
+    label[~brain_mask] = 0
+    del stack
+
+    # --- noise: Rician, sigma from the mean noiseless white-matter signal ---------------------
+    wm_region = fractions["wm"] >= 0.9
+    if wm_region.sum() < 10:
+        wm_region = fractions["wm"] >= 0.5
+    images, sigmas = {}, {}
+    for s in sequences:
+        clean = noiseless[s]
+        sigma = float(clean[wm_region].mean()) / snr
+        nrng = np.random.default_rng([seed, 3, sequence_index(s)])
+        n1 = nrng.standard_normal(clean.shape, dtype=np.float32)
+        n2 = nrng.standard_normal(clean.shape, dtype=np.float32)
+        n1 *= sigma
+        n1 += clean
+        n2 *= sigma
+        images[s] = np.sqrt(n1 * n1 + n2 * n2, dtype=np.float32)
+        sigmas[s] = sigma
+
+    scanner = f"{fs:.1f} {vendor}"
+    sidecars = {
+        s: {
+            "age": age,
+            "sex": sex,
+            "field_strength": fs,
+            "vendor": vendor,
+            "scanner": scanner,
+            "modality": MODALITY[s],
+            "sequence": s,
+            "acquisition": ACQUISITION[s],
+            "voxel_size": [float(v) for v in voxel_size],
+            "TR": protocols[s]["TR"],
+            "TE": protocols[s]["TE"],
+            "TI": protocols[s]["TI"],
+            "FA": protocols[s]["FA"],
+            "snr": float(snr),
+            "contrast_agent": s == "t1ce",
+        }
+        for s in sequences
+    }
+    info = {
+        "seed": seed,
+        "field_strength": fs,
+        "tissue_parameters": params,
+        "gd_concentration_mM": gd_conc,
+        "tumours": [{**t, "centre": [round(float(c), 2) for c in t["centre"]]} for t in tumours],
+        "protocols": {s: protocols[s] for s in sequences},
+    }
+    return PhantomSubject(
+        images=images,
+        noiseless=noiseless,
+        label=label,
+        affine=out_affine,
+        sidecars=sidecars,
+        brain_mask=brain_mask,
+        fractions=fractions,
+        noise_sigma=sigmas,
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets on disk
+# ---------------------------------------------------------------------------------------------
+LAYOUTS = ("brats", "nnseq2seq")
+
+
+def subject_seed(seed: int, index: int) -> int:
+    """Seed of subject ``index`` of a dataset generated with ``seed`` (disjoint across seeds
+    for fewer than 100003 subjects)."""
+    return int(seed) * 100003 + int(index)
+
+
+def _kept_sequences(sub_seed: int, sequences: tuple[str, ...], drop_max: int) -> tuple[str, ...]:
+    """The sequences a case keeps after dropping a random 0..drop_max of them (never all)."""
+    if drop_max <= 0 or len(sequences) == 1:
+        return sequences
+    rng = np.random.default_rng([sub_seed, 4])
+    n_drop = int(rng.integers(0, min(drop_max, len(sequences) - 1) + 1))
+    dropped = set(rng.choice(len(sequences), size=n_drop, replace=False).tolist())
+    return tuple(s for i, s in enumerate(sequences) if i not in dropped)
+
+
+def write_dataset(
+    out,
+    subjects: int,
+    spacing: float = 2.0,
+    seed: int = 0,
+    layout: str = "brats",
+    snr: float = 30.0,
+    sequences=("t1", "t1ce", "t2", "flair"),
+    drop_max: int = 0,
+    slice_thickness=None,
+    progress: bool = True,
+) -> list[str]:
+    """Simulate ``subjects`` cases and write them under ``out``; return the case ids.
+
+    Case ``i`` is ``PHANTOM_{i:04d}``, simulated with seed :func:`subject_seed` ``(seed, i)``.
+
+    Layouts:
+        ``"brats"``: ``<out>/<case>/<case>_<seq>.nii.gz`` (noisy), ``<case>_<seq>_noiseless.nii.gz``,
+        ``<case>_<seq>.json`` (sidecar), ``<case>_seg.nii.gz``.
+        ``"nnseq2seq"``: ``<out>/dataset.json``, ``<out>/imagesTr/<case>_<XXXX>.nii.gz`` (+ ``.json``
+        sidecar), ``<out>/noiselessTr/<case>_<XXXX>.nii.gz``, ``<out>/labelsTr/<case>.nii.gz``;
+        ``XXXX`` is the sequence's position in ``sequences``.
+        Both also get ``<out>/phantom.json`` (generation parameters, cases, missing sequences).
+
+    ``drop_max > 0`` removes a random 0..``drop_max`` sequences from each case (at least one
+    always remains); their files are not written and are listed under ``missing``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    subjects, drop_max = int(subjects), int(drop_max)
+    if subjects < 0 or drop_max < 0:
+        raise ValueError("subjects and drop_max must be non-negative")
+    sequences = _check_sequences(sequences)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from tqdm.auto import tqdm
+
+    cases, missing, seeds = [], {}, {}
+    for i in tqdm(range(subjects), desc="phantom", unit="case", disable=not progress):
+        case = f"PHANTOM_{i:04d}"
+        sub_seed = subject_seed(seed, i)
+        kept = _kept_sequences(sub_seed, sequences, drop_max)
+        subj = simulate_subject(sub_seed, spacing=spacing, snr=snr, sequences=kept, slice_thickness=slice_thickness)
+        cases.append(case)
+        seeds[case] = sub_seed
+        missing[case] = [s for s in sequences if s not in kept]
+        if layout == "brats":
+            folder = out / case
+            for s in kept:
+                save_nifti(subj.images[s], subj.affine, folder / f"{case}_{s}.nii.gz")
+                save_nifti(subj.noiseless[s], subj.affine, folder / f"{case}_{s}_noiseless.nii.gz")
+                save_json(subj.sidecars[s], folder / f"{case}_{s}.json")
+            save_nifti(subj.label, subj.affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
+        else:
+            for s in kept:
+                stem = f"{case}_{sequences.index(s):04d}"
+                save_nifti(subj.images[s], subj.affine, out / "imagesTr" / f"{stem}.nii.gz")
+                save_json(subj.sidecars[s], out / "imagesTr" / f"{stem}.json")
+                save_nifti(subj.noiseless[s], subj.affine, out / "noiselessTr" / f"{stem}.nii.gz")
+            save_nifti(subj.label, subj.affine, out / "labelsTr" / f"{case}.nii.gz", dtype=np.uint8)
+
+    if layout == "nnseq2seq":
+        save_json(
+            {
+                "name": "Phantom",
+                "description": "mrsynth phantom: simulated multi-sequence brain MRI with tumours",
+                "channel_names": {str(i): s for i, s in enumerate(sequences)},
+                "labels": dict(LABELS),
+                "numTraining": len(cases),
+                "file_ending": ".nii.gz",
+                "missing": {c: [sequences.index(s) for s in missing[c]] for c in cases},
+            },
+            out / "dataset.json",
+        )
+    save_json(
+        {
+            "generator": "mrsynth.data.phantom",
+            "layout": layout,
+            "subjects": subjects,
+            "spacing": float(spacing),
+            "seed": int(seed),
+            "subject_seeds": seeds,
+            "snr": float(snr),
+            "sequences": list(sequences),
+            "drop_max": drop_max,
+            "slice_thickness": None if slice_thickness is None else float(slice_thickness),
+            "labels": dict(LABELS),
+            "cases": cases,
+            "missing": missing,
+        },
+        out / "phantom.json",
+    )
+    return cases
