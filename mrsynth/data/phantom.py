@@ -7,8 +7,9 @@ imaged with MR signal equations:
 ================  ==========================================  =================================
 sequence          model                                       signal (per tissue compartment)
 ================  ==========================================  =================================
-``t1``            3D spoiled gradient echo (FLASH / SPGR)     PD sin(a)(1-E1)/(1-cos(a)E1) e^(-TE/T2)
-``t1ce``          the same protocol after gadolinium          T1 shortened: 1/T1 = 1/T1_0 + r1 C
+``t1``            2D spin echo, short TR / short TE           PD (1 - e^(-TR/T1)) e^(-TE/T2)
+``t1ce``          3D spoiled gradient echo after gadolinium   PD sin(a)(1-E1)/(1-cos(a)E1) e^(-TE/T2),
+                                                              T1 shortened: 1/T1 = 1/T1_0 + r1 C
 ``t2``            (fast) spin echo                            PD (1 - e^(-TR/T1)) e^(-TE/T2)
 ``flair``         inversion recovery, CSF nulled              PD |1 - 2e^(-TI/T1) + e^(-TR/T1)| e^(-TE/T2)
 ``pd``            spin echo, long TR, short TE                as ``t2``
@@ -96,7 +97,7 @@ LABELS: dict[str, int] = {"background": 0, "necrotic": 1, "oedema": 2, "enhancin
 
 MODALITY = {"t1": "T1w", "t1ce": "T1Gd", "t2": "T2w", "flair": "FLAIR", "pd": "PDw"}
 ACQUISITION = {
-    "t1": "3D spoiled gradient echo",
+    "t1": "2D spin echo",
     "t1ce": "3D spoiled gradient echo, post-contrast",
     "t2": "spin echo",
     "flair": "inversion recovery spin echo",
@@ -280,7 +281,10 @@ def _csf_null_ti(t1_csf: float, tr: float) -> float:
 
 def _draw_protocols(rng, field_strength: float) -> dict[str, dict]:
     """Per-subject protocol parameters (ms, degrees), drawn in a fixed order for all sequences."""
-    t1 = {"TR": rng.uniform(10.0, 20.0), "TE": rng.uniform(3.0, 6.0), "TI": None, "FA": rng.uniform(25.0, 35.0)}
+    # As in BraTS-like protocols: the native T1w is a 2D spin echo, the post-contrast T1w a 3D
+    # spoiled gradient echo (so the two differ in more than the enhancement).
+    t1 = {"TR": rng.uniform(400.0, 700.0), "TE": rng.uniform(8.0, 15.0), "TI": None, "FA": 90.0}
+    t1ce = {"TR": rng.uniform(10.0, 20.0), "TE": rng.uniform(3.0, 6.0), "TI": None, "FA": rng.uniform(25.0, 35.0)}
     t2 = {"TR": rng.uniform(3000.0, 6000.0), "TE": rng.uniform(80.0, 120.0), "TI": None, "FA": 90.0}
     flair_tr = rng.uniform(8000.0, 11000.0)
     flair_te = rng.uniform(80.0, 140.0)
@@ -289,7 +293,7 @@ def _draw_protocols(rng, field_strength: float) -> dict[str, dict]:
     ti = _csf_null_ti(TISSUE_PARAMETERS["csf"][field_strength]["T1"], flair_tr) * rng.uniform(0.985, 1.015)
     flair = {"TR": flair_tr, "TE": flair_te, "TI": ti, "FA": 90.0}
     pd = {"TR": rng.uniform(2500.0, 4000.0), "TE": rng.uniform(10.0, 20.0), "TI": None, "FA": 90.0}
-    protocols = {"t1": t1, "t1ce": dict(t1), "t2": t2, "flair": flair, "pd": pd}
+    protocols = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair, "pd": pd}
     return {s: {k: (None if v is None else round(float(v), 2)) for k, v in p.items()} for s, p in protocols.items()}
 
 
@@ -297,9 +301,9 @@ def _signal(seq: str, p: dict, protocol: dict) -> float:
     """Signal of one compartment with parameters ``p`` (T1, T2, PD; T1 already post-contrast
     for ``t1ce``) under ``protocol``."""
     tr, te, ti, fa = protocol["TR"], protocol["TE"], protocol["TI"], protocol["FA"]
-    if seq in ("t1", "t1ce"):
+    if seq == "t1ce":
         return _spgr(p["PD"], p["T1"], p["T2"], tr, te, fa)
-    if seq in ("t2", "pd"):
+    if seq in ("t1", "t2", "pd"):
         return _spin_echo(p["PD"], p["T1"], p["T2"], tr, te)
     if seq == "flair":
         return _inversion_recovery(p["PD"], p["T1"], p["T2"], tr, te, ti)
