@@ -62,11 +62,19 @@ class _PairBase(MapTransform):
         self.central_slices = central_slices
         self.extra = tuple(extra)
 
-    def _available(self, d) -> list[int]:
+    def _window(self, d) -> tuple[list[int], int, int]:
+        """The indices of the available sequences and the slice window ``[lo, hi)``."""
         avail = [i for i, s in enumerate(self.sequences) if s in d]
         if not avail:
             raise DataError(f"none of the sequences {self.sequences} is present", d.get("case"))
-        return avail
+        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
+        return (avail, *_slice_window(depth, self.central_slices))
+
+    def _fixed_centers(self, lo: int, hi: int) -> list[int]:
+        """``slices_per_case`` evenly spaced slices inside ``[lo, hi)`` (``[-1]`` for volumes)."""
+        if not self.num_slices:
+            return [-1]
+        return np.linspace(lo, hi - 1, self.slices_per_case + 2)[1:-1].round().astype(int).tolist()
 
     def _sample(self, d, src: int, tgt: int, center: int) -> dict:
         s_name, t_name = self.sequences[src], self.sequences[tgt]
@@ -115,9 +123,7 @@ class RandSequencePaird(Randomizable, _PairBase):
 
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         d = dict(data)
-        avail = self._available(d)
-        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
-        lo, hi = _slice_window(depth, self.central_slices)
+        avail, lo, hi = self._window(d)
         out = []
         for _ in range(self.num_samples):
             src, tgt = (int(self.R.choice(avail)) for _ in range(2))
@@ -153,13 +159,8 @@ class SequencePairsd(_PairBase):
 
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         d = dict(data)
-        avail = self._available(d)
-        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
-        lo, hi = _slice_window(depth, self.central_slices)
-        if self.num_slices:
-            centers = np.linspace(lo, hi - 1, self.slices_per_case + 2)[1:-1].round().astype(int).tolist()
-        else:
-            centers = [-1]
+        avail, lo, hi = self._window(d)
+        centers = self._fixed_centers(lo, hi)
         return [
             self._sample(d, s, t, c)
             for c in centers
@@ -220,9 +221,7 @@ class RandSourceSubsetd(Randomizable, _SubsetBase):
 
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         d = dict(data)
-        avail = self._available(d)
-        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
-        lo, hi = _slice_window(depth, self.central_slices)
+        avail, lo, hi = self._window(d)
         out = []
         for _ in range(self.num_samples):
             k_max = max(len(avail) - 1, 1)  # leave a target outside the subset when there is one
@@ -259,11 +258,6 @@ class SourceSubsetsd(_SubsetBase):
 
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         d = dict(data)
-        avail = self._available(d)
-        depth = torch.as_tensor(d[self.sequences[avail[0]]]).shape[-1]
-        lo, hi = _slice_window(depth, self.central_slices)
-        if self.num_slices:
-            centers = np.linspace(lo, hi - 1, self.slices_per_case + 2)[1:-1].round().astype(int).tolist()
-        else:
-            centers = [-1]
+        avail, lo, hi = self._window(d)
+        centers = self._fixed_centers(lo, hi)
         return [self._subset_sample(d, sub, t, c, sub[0]) for c in centers for t in avail for sub in self.subsets(avail, t)]
