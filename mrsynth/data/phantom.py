@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..io import save_json, save_nifti
-from ..sequences import SEQUENCES, sequence_index
+from ..sequences import sequence_index
 
 __all__ = [
     "TISSUE_PARAMETERS",
