@@ -1,7 +1,7 @@
 """Training steps (ignite iteration functions) of each method, for MONAI's trainers."""
 
-from .base import TrainStep
+from .base import TrainStep, run_as_forward, unwrap
 from .seq2seq import Seq2SeqTrainStep, build_perceptual_loss
 from .tsf import TSFTrainStep
 
-__all__ = ["TrainStep", "Seq2SeqTrainStep", "TSFTrainStep", "build_perceptual_loss"]
+__all__ = ["TrainStep", "run_as_forward", "unwrap", "Seq2SeqTrainStep", "TSFTrainStep", "build_perceptual_loss"]

@@ -3,11 +3,55 @@ events MONAI's handlers listen to. A method's step only says how to compute its 
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "unwrap", "run_as_forward"]
+
+
+def unwrap(network):
+    """The module inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper, else ``network``."""
+    return network.module if isinstance(network, (DistributedDataParallel, torch.nn.DataParallel)) else network
+
+
+def run_as_forward(network, passes: Callable[..., Any], *args) -> Any:
+    """``passes(module, *args)``, run as one forward call of ``network``.
+
+    ``passes`` may call the plain module several times and use its other methods (a step's
+    forward passes); it returns every tensor the loss needs. Without a wrapper it is simply
+    called. For a :class:`~torch.nn.parallel.DistributedDataParallel` network it runs *inside*
+    the wrapper's forward: for that one call it stands in for the wrapped module's ``forward``
+    (then the module's own ``forward`` is back, also for the calls ``passes`` makes). DDP thus
+    sees exactly one forward per backward, which is its contract: it arms the gradient
+    all-reduce for the backward, rebuilds its buckets and finds unused parameters (when asked
+    to) from the outputs of all the passes. Calling DDP's ``.module`` directly would skip the
+    all-reduce (the ranks would drift apart); calling the wrapper once per pass runs that
+    set-up once per pass, before a single backward.
+    """
+    if not isinstance(network, DistributedDataParallel):
+        return passes(network, *args)
+    module = network.module
+    own = module.__dict__.get("forward")  # normally absent: the class's forward
+
+    def restore() -> None:
+        if own is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.forward = own
+
+    def forward(*inputs):
+        restore()  # the passes call the module's real forward
+        return passes(module, *inputs)
+
+    module.forward = forward
+    try:
+        return network(*args)
+    finally:
+        restore()
 
 
 class TrainStep:
@@ -16,7 +60,8 @@ class TrainStep:
     Subclasses implement :meth:`compute` ``(network, batch) -> dict`` returning at least ``pred``
     and ``loss`` (a scalar with grad); other entries (detached loss parts) are copied into
     ``engine.state.output`` for handlers such as MLflow. ``engine.state.output`` keeps MONAI's
-    keys: ``image``, ``label``, ``pred``, ``loss``.
+    keys: ``image``, ``label``, ``pred``, ``loss``. ``network`` may be wrapped in
+    ``DistributedDataParallel``: a step runs all its forward passes through :func:`run_as_forward`.
     """
 
     def compute(self, network, batch: dict) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from monai.utils import CommonKeys as Keys
 
-from .base import TrainStep
+from .base import TrainStep, run_as_forward
 
 __all__ = ["Seq2SeqTrainStep", "build_perceptual_loss"]
 
@@ -73,12 +73,21 @@ class Seq2SeqTrainStep(TrainStep):
         if perceptual_weight > 0 and perceptual_loss is None:
             self.perceptual_loss = build_perceptual_loss(spatial_dims)
 
-    def losses(self, network, src, tgt, src_code, tgt_code) -> dict:
-        """Compute the three passes and the loss terms (no optimiser step)."""
+    @staticmethod
+    def passes(net, src, src_code, tgt_code) -> tuple:
+        """The three passes of the plain network: ``(out_tgt, out_src, out_cyc)``."""
         n = src.shape[0]
-        both = network(torch.cat([src, src]), torch.cat([tgt_code, src_code]))
+        both = net(torch.cat([src, src]), torch.cat([tgt_code, src_code]))
         out_tgt, out_src = both[:n], both[n:]
-        out_cyc = network(out_tgt, src_code)
+        out_cyc = net(out_tgt, src_code)
+        return out_tgt, out_src, out_cyc
+
+    def losses(self, network, src, tgt, src_code, tgt_code) -> dict:
+        """Compute the three passes and the loss terms (no optimiser step).
+
+        Under ``DistributedDataParallel`` the passes run as one forward of the wrapper
+        (:func:`~mrsynth.engines.base.run_as_forward`); the result is the same."""
+        out_tgt, out_src, out_cyc = run_as_forward(network, self.passes, src, src_code, tgt_code)
         rec = self.loss(out_tgt, tgt) + self.loss(out_src, src)
         cyc = self.loss(out_cyc, src)
         total = self.rec_weight * rec + self.cycle_weight * cyc

@@ -17,14 +17,10 @@ from __future__ import annotations
 import torch
 from monai.utils import CommonKeys as Keys
 
-from .base import TrainStep
+from .base import TrainStep, run_as_forward, unwrap
 from .seq2seq import build_perceptual_loss
 
 __all__ = ["TSFTrainStep"]
-
-
-def _module(network):
-    return getattr(network, "module", network)  # DistributedDataParallel wraps the model
 
 
 class TSFTrainStep(TrainStep):
@@ -47,12 +43,21 @@ class TSFTrainStep(TrainStep):
         if perceptual_weight > 0 and perceptual_loss is None:
             self.perceptual_loss = build_perceptual_loss(spatial_dims)
 
+    @staticmethod
+    def passes(net, x, mask, tgt_code, rec_code):
+        """Target and reconstruction passes of the plain network in one ``forward_all`` call
+        (batch ``2B``): :class:`~mrsynth.networks.tsf.TSFOutput`."""
+        return unwrap(net).forward_all(torch.cat([x, x]), torch.cat([mask, mask]), torch.cat([tgt_code, rec_code]))
+
     def losses(self, network, sources, mask, tgt, tgt_code, rec_code) -> dict:
-        """All passes and loss terms; ``sources`` ``(B, N * C, *S)`` or ``(B, N, C, *S)``."""
-        net = _module(network)
-        x = net.as_sources(sources)
+        """All passes and loss terms; ``sources`` ``(B, N * C, *S)`` or ``(B, N, C, *S)``.
+
+        ``network`` may be wrapped in ``DistributedDataParallel``: the passes then run as the
+        wrapper's forward (:func:`~mrsynth.engines.base.run_as_forward`), so that the decoder's
+        and fusion's gradients are all-reduced; the frozen encoder has none."""
+        x = unwrap(network).as_sources(sources)
         b = x.shape[0]
-        both = net.forward_all(torch.cat([x, x]), torch.cat([mask, mask]), torch.cat([tgt_code, rec_code]))
+        both = run_as_forward(network, self.passes, x, mask, tgt_code, rec_code)
         out, out_plain, rec = both.image[:b], both.image_plain[:b], both.image[b:]
         src_rec = x[torch.arange(b, device=x.device), rec_code]
         l_out, l_plain, l_rec = self.loss(out, tgt), self.loss(out_plain, tgt), self.loss(rec, src_rec)

@@ -1,11 +1,14 @@
-"""Ignite handlers and helpers that MONAI does not provide (MLflow extras, checkpoint lookup)."""
+"""Ignite handlers and helpers that MONAI does not provide (MLflow extras, checkpoint lookup, a
+DDP replica check)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-__all__ = ["latest_checkpoint"]
+from .distributed import check_ranks_in_sync
+
+__all__ = ["latest_checkpoint", "check_ranks_in_sync"]
 
 
 def latest_checkpoint(ckpt_dir, prefix: str = "checkpoint") -> str | None:
