@@ -29,3 +29,38 @@ def test_2d_network_with_one_slice():
     vol = torch.randn(1, 1, 8, 8, 5)
     out = SlabInferer(num_slices=1, batch_size=2)(vol, lambda x, c: 2 * x, torch.tensor([0]))
     torch.testing.assert_close(out, 2 * vol)
+
+
+def test_amp_runs_the_network_in_the_devices_mixed_precision_and_returns_float32(monkeypatch):
+    import mrsynth.amp
+    from mrsynth.networks import Seq2Seq
+
+    torch.manual_seed(0)
+    net = Seq2Seq(2, 3, 3, channels=(8, 16, 32), num_res_blocks=1, num_kernels=4, code_dim=8).eval()
+    vol = torch.rand(1, 1, 24, 20, 6) * 2 - 1
+    code = torch.tensor([2])
+    dtypes = []
+    hook = net.encoder.stem[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    with torch.no_grad():
+        ref = SlabInferer(num_slices=3, batch_size=4)(vol, net, code)
+        monkeypatch.setattr(mrsynth.amp, "cpu_bf16_supported", lambda: True)
+        mixed = SlabInferer(num_slices=3, batch_size=4, amp=True)(vol, net, code)
+        monkeypatch.setattr(mrsynth.amp, "cpu_bf16_supported", lambda: False)
+        plain = SlabInferer(num_slices=3, batch_size=4, amp=True)(vol, net, code)  # no native bf16: float32
+    hook.remove()
+    assert dtypes[0] == torch.float32 and torch.bfloat16 in dtypes and dtypes[-1] == torch.float32
+    assert mixed.dtype == torch.float32 and mixed.shape == ref.shape
+    err = (mixed - ref).abs()
+    assert 0 < float(err.max()) < 0.1 and float(err.mean()) < 0.02  # bf16 rounding, nothing worse
+    torch.testing.assert_close(plain, ref)
+
+
+def test_amp_dtype_per_device(monkeypatch):
+    import mrsynth.amp as amp
+
+    assert amp.amp_dtype("cuda") == torch.float16
+    monkeypatch.setattr(amp, "cpu_bf16_supported", lambda: True)
+    assert amp.amp_dtype("cpu") == torch.bfloat16
+    assert amp.autocast("cpu").fast_dtype == torch.bfloat16 and not amp.autocast("cpu", enabled=False)._enabled
+    monkeypatch.setattr(amp, "cpu_bf16_supported", lambda: False)
+    assert amp.amp_dtype("cpu") is None and not amp.autocast("cpu")._enabled

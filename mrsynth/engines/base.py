@@ -10,6 +10,8 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 
+from ..amp import autocast
+
 __all__ = ["TrainStep", "unwrap", "run_as_forward"]
 
 
@@ -73,7 +75,7 @@ class TrainStep:
         engine.state.output = {Keys.IMAGE: batch[Keys.IMAGE], Keys.LABEL: batch[Keys.LABEL]}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast(device_type=torch.device(device).type, enabled=bool(engine.amp)):
+        with autocast(device, enabled=bool(engine.amp)):  # fp16 on CUDA, bf16 on CPUs with native bf16
             out = self.compute(engine.network, batch)
         loss = out.pop("loss")
         engine.state.output.update({Keys.PRED: out.pop("pred"), Keys.LOSS: loss, **out})

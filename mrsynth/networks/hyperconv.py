@@ -19,13 +19,15 @@ The code path is split in two small modules, as in the paper:
 Unlike the reference implementation (one code per batch), every sample may carry its own code.
 When all samples share the same code (checked exactly on the layer's input code, the usual
 case at inference) the layer mixes once and runs one ordinary convolution; otherwise it runs a
-single grouped convolution with the batch folded into the groups. Both paths give the same
-result (up to float rounding) and the same gradients for the kernel banks and for everything
-upstream of the code.
+single grouped convolution with the batch folded into the groups (on the CPU, for speed: one
+batch-1 convolution per sample at inference, and ``channels_last`` layout for layers with few
+output channels). All paths give the same result (up to float rounding) and the same gradients
+for the kernel banks and for everything upstream of the code.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import List, Optional, Tuple
 
@@ -34,9 +36,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["HyperConv", "CodeEmbedding", "code_to_onehot", "rows_identical", "collapse_rows"]
+__all__ = ["HyperConv", "CodeEmbedding", "code_to_onehot", "rows_identical", "collapse_rows", "memoised_mixing"]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# one dict per active memoised_mixing() context: id(HyperConv) -> (coefficients, mixture) of its last mix
+_MIX_MEMOS: list = []
+
+
+@contextlib.contextmanager
+def memoised_mixing():
+    """A context in which every :class:`HyperConv` reuses its last mixture of the kernel bank
+    while it is called with equal (single-row) coefficients, instead of mixing again (eager mode,
+    without autograd only; the parameters must not change inside it). Seq2Seq uses it while it
+    runs a batch one sample at a time, samples with equal targets one after another."""
+    _MIX_MEMOS.append({})
+    try:
+        yield
+    finally:
+        _MIX_MEMOS.pop()
 
 
 def rows_identical(t: torch.Tensor) -> bool:
@@ -235,7 +252,15 @@ class HyperConv(nn.Module):
 
     def mix(self, coeff: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Mix the bank: coefficients ``(N, num_kernels)`` -> weights ``(N, C_out, C_in, *k)``
-        and biases ``(N, C_out)`` (``None`` without bias)."""
+        and biases ``(N, C_out)`` (``None`` without bias).
+
+        Inside :func:`memoised_mixing` (eager mode, no autograd) the mixture of a single row is
+        reused while the coefficients stay equal."""
+        if not torch.jit.is_scripting() and coeff.shape[0] == 1 and not torch.is_grad_enabled():
+            return self._mix_memoised(coeff)
+        return self._mix(coeff)
+
+    def _mix(self, coeff: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         n = coeff.shape[0]
         weight = torch.matmul(coeff, self.weight.reshape(self.num_kernels, -1))
         weight = weight.reshape([n, self.out_channels, self.in_channels] + self.kernel_size)
@@ -244,6 +269,20 @@ class HyperConv(nn.Module):
         if b is not None:
             bias = torch.matmul(coeff, b)
         return weight, bias
+
+    @torch.jit.unused
+    def _mix_memoised(self, coeff: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not _MIX_MEMOS:
+            return self._mix(coeff)
+        memo = _MIX_MEMOS[-1]
+        last = memo.get(id(self))
+        if last is not None:
+            c, mixed = last
+            if c.dtype == coeff.dtype and c.device == coeff.device and torch.equal(c, coeff):
+                return mixed
+        mixed = self._mix(coeff)
+        memo[id(self)] = (coeff, mixed)  # only the last: callers run equal targets one after another
+        return mixed
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -266,19 +305,37 @@ class HyperConv(nn.Module):
         return self._conv(x, weight[0], None if bias is None else bias[0], 1)
 
     def conv_per_sample(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
-        """One grouped convolution: sample ``b`` uses the bank mixed by ``coeff[b]``.
+        """Convolve sample ``b`` with the bank mixed by ``coeff[b]``.
 
-        The batch is folded into the channels, ``(1, B * C_in, *spatial)``, and the mixed weights
-        into ``(B * C_out, C_in, *k)`` with ``groups=B``.
+        Usually one grouped convolution: the batch is folded into the channels,
+        ``(1, B * C_in, *spatial)``, and the mixed weights into ``(B * C_out, C_in, *k)`` with
+        ``groups=B``. On the CPU two cases run differently, with the same result:
+
+        * without autograd (inference), one batch-1 convolution per sample, which is faster than
+          the grouped convolution at every layer size of the paper's network;
+        * 2D layers with few output channels (``C_out < 16``, e.g. the final 7-wide layer to the
+          image), in ``channels_last`` layout, where the grouped NCHW kernels (the backward pass
+          above all) are several times slower.
         """
         b = x.shape[0]
         if coeff.shape[0] != b:
             coeff = coeff.expand(b, self.num_kernels)
         weight, bias = self.mix(coeff)
+        if x.device.type == "cpu" and not (x.requires_grad or weight.requires_grad):
+            outs: List[torch.Tensor] = []
+            for i in range(b):
+                bias_i: Optional[torch.Tensor] = None
+                if bias is not None:
+                    bias_i = bias[i]
+                outs.append(self._conv(x[i : i + 1], weight[i], bias_i, 1))
+            return torch.cat(outs, 0)
         weight = weight.reshape([b * self.out_channels, self.in_channels] + self.kernel_size)
         if bias is not None:
             bias = bias.reshape(b * self.out_channels)
-        y = self._conv(x.reshape([1, b * self.in_channels] + list(x.shape[2:])), weight, bias, b)
+        xg = x.reshape([1, b * self.in_channels] + list(x.shape[2:]))
+        if self.spatial_dims == 2 and self.out_channels < 16 and x.device.type == "cpu":
+            xg = xg.contiguous(memory_format=torch.channels_last)
+        y = self._conv(xg, weight, bias, b)
         return y.reshape([b, self.out_channels] + list(y.shape[2:]))
 
     def convolve(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,16 @@ Variants: 2D is ``spatial_dims=2, in_channels=out_channels=1``; 2.5D is ``spatia
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from .convlstm import ConvLSTM
-from .hyperconv import CodeEmbedding, HyperConv
+from .hyperconv import CodeEmbedding, HyperConv, memoised_mixing
 
 __all__ = [
     "ResBlock",
@@ -44,8 +45,56 @@ __all__ = [
 _DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.2})
 
 
+def _instance_norm(
+    x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float, batched_dim: int
+) -> torch.Tensor:
+    """Instance norm without running statistics. On the CPU it is computed as a group norm with
+    one channel per group (the same normalisation): ATen's group-norm kernel is several times
+    faster there, forward and backward, than instance_norm's batch-norm route."""
+    unbatched = x.dim() == batched_dim - 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    if x.device.type == "cpu":
+        y = F.group_norm(x, x.shape[1], weight, bias, eps)
+    else:
+        y = F.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
+    return y.squeeze(0) if unbatched else y
+
+
+class _InstanceNorm1d(nn.InstanceNorm1d):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(input, self.weight, self.bias, self.eps, 3)
+
+
+class _InstanceNorm2d(nn.InstanceNorm2d):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(input, self.weight, self.bias, self.eps, 4)
+
+
+class _InstanceNorm3d(nn.InstanceNorm3d):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(input, self.weight, self.bias, self.eps, 5)
+
+
+_FAST_INSTANCE_NORM = {
+    nn.InstanceNorm1d: _InstanceNorm1d,
+    nn.InstanceNorm2d: _InstanceNorm2d,
+    nn.InstanceNorm3d: _InstanceNorm3d,
+}
+
+
 def _norm(norm: tuple | str | None, spatial_dims: int, channels: int) -> nn.Module:
-    return nn.Identity() if norm is None else get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
+    """MONAI's norm layer; an instance norm without running statistics (the default) is swapped
+    for a subclass that computes the same thing faster on the CPU (same parameters and state)."""
+    if norm is None:
+        return nn.Identity()
+    layer = get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
+    fast = _FAST_INSTANCE_NORM.get(type(layer))
+    if fast is not None and not layer.track_running_stats:
+        new = fast(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
+        new.load_state_dict(layer.state_dict())
+        return new
+    return layer
 
 
 def _act(act: tuple | str | None) -> nn.Module:
@@ -352,6 +401,12 @@ class Seq2Seq(nn.Module):
     reference implementation's 155 M also count two 3-layer ConvLSTMs (28.3 M) that it builds
     even for single-frame data; :class:`Seq2Seq4D` has them (155.1 M). 3D at paper size: 380 M.
 
+    CPU inference (no autograd) runs a batch one sample at a time, samples with the same target
+    together, each kernel bank mixed once per target: the same result (up to float rounding) and
+    faster on the CPU, where a sample's activations stay in the caches and a batch's do not
+    (``tools/bench_speed.py`` measures it). ``encode`` and ``decode`` do the same, so that
+    ``decode(encode(x), code)`` equals ``forward(x, code)`` exactly.
+
     Args:
         spatial_dims: 2 (2D and 2.5D) or 3.
         in_channels: source image channels (3 adjacent slices for 2.5D).
@@ -404,17 +459,81 @@ class Seq2Seq(nn.Module):
         """The paper's configuration (2.5D: three adjacent slices in and out by default)."""
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
+    def _per_sample(self, x: torch.Tensor) -> bool:
+        # CPU inference of a batch: one sample at a time (see _forward_per_sample)
+        return x.shape[0] > 1 and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+    def _embed_batch(self, code: torch.Tensor, batch: int) -> torch.Tensor:
+        emb = self.decoder.embed(code)
+        if emb.shape[0] == 1:
+            return emb.expand(batch, emb.shape[1])
+        if emb.shape[0] != batch:
+            raise ValueError(
+                f"Seq2Seq got {emb.shape[0]} target codes for a batch of {batch}; pass one per sample or one for all"
+            )
+        return emb
+
+    def _target_order(self, emb: torch.Tensor) -> List[int]:
+        # sample indices with equal targets next to each other, so that each bank is mixed once per target
+        _, group = torch.unique(emb, dim=0, return_inverse=True)
+        return torch.sort(group, stable=True).indices.tolist()
+
+    def _forward_per_sample(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """CPU inference one sample at a time; the same result as the batched call, and the same
+        as ``decode(encode(x), code)``.
+
+        A sample's activations fit in the CPU caches where a batch's do not, which makes the
+        memory-bound layers (upsampling, padding, normalisation) and the full-resolution
+        convolutions faster. Samples with the same target run one after another; in eager mode
+        every hyper-convolution mixes its bank once per target and call
+        (:func:`~mrsynth.networks.hyperconv.memoised_mixing`).
+        """
+        self.encoder.check_input(x)
+        emb = self._embed_batch(code, x.shape[0])
+        out: List[torch.Tensor] = [x] * x.shape[0]
+        for i in self._target_order(emb):
+            out[i] = self.decoder.decode_embedded(self.encoder(x[i : i + 1]), emb[i : i + 1])
+        return torch.cat(out)
+
+    def _decode_per_sample(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        emb = self._embed_batch(code, features.shape[0])
+        out: List[torch.Tensor] = [features] * features.shape[0]
+        for i in self._target_order(emb):
+            out[i] = self.decoder.decode_embedded(features[i : i + 1], emb[i : i + 1])
+        return torch.cat(out)
+
+    @torch.jit.unused
+    def _forward_per_sample_memoised(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        with memoised_mixing():
+            return self._forward_per_sample(x, code)
+
+    @torch.jit.unused
+    def _decode_per_sample_memoised(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        with memoised_mixing():
+            return self._decode_per_sample(features, code)
+
     @torch.jit.export
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, in_channels, *spatial)`` -> features ``(B, channels[-1], *spatial / 4)``."""
+        if self._per_sample(x):
+            self.encoder.check_input(x)
+            return torch.cat([self.encoder(x[i : i + 1]) for i in range(x.shape[0])])
         return self.encoder(x)
 
     @torch.jit.export
     def decode(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Features ``(B, channels[-1], *s)`` and target code -> image ``(B, out_channels, *4s)``."""
+        if self._per_sample(features):
+            if torch.jit.is_scripting():
+                return self._decode_per_sample(features, code)
+            return self._decode_per_sample_memoised(features, code)
         return self.decoder(features, code)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        if self._per_sample(x):
+            if torch.jit.is_scripting():
+                return self._forward_per_sample(x, code)
+            return self._forward_per_sample_memoised(x, code)
         return self.decoder(self.encoder(x), code)
 
 
