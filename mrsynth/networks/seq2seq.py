@@ -391,7 +391,38 @@ class Seq2SeqDecoder(nn.Module):
         return self.decode_embedded(features, self.embed(code))
 
 
-class Seq2Seq(nn.Module):
+class _EncoderDecoder(nn.Module):
+    """What :class:`Seq2Seq` and :class:`Seq2Seq4D` have in common: the
+    unconditioned ``encoder`` and the hyper-``decoder`` of one configuration (arguments as
+    :class:`Seq2Seq`), so that their weights load into one another."""
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_codes: int = 64,
+        channels: Sequence[int] = (64, 128, 256),
+        num_res_blocks: int = 6,
+        num_kernels: int = 16,
+        code_dim: int = 64,
+        norm: tuple | str | None = "instance",
+        act: tuple | str | None = _DEFAULT_ACT,
+        upsample: Optional[str] = None,
+        final_act: tuple | str | None = "tanh",
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_codes = num_codes
+        self.encoder = Seq2SeqEncoder(spatial_dims, in_channels, channels, num_res_blocks, norm, act)
+        self.decoder = Seq2SeqDecoder(
+            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample, final_act
+        )
+
+
+class Seq2Seq(_EncoderDecoder):
     """Seq2Seq generator: unconditioned encoder + hyper-decoder conditioned on the target code.
 
     The defaults are the paper's size (widths 64/128/256, 6 + 6 residual blocks, ``c_s`` = 64
@@ -428,31 +459,6 @@ class Seq2Seq(nn.Module):
           (``(1,)`` / ``(1, num_codes)`` for the whole batch). Samples may have different targets.
         - output: ``(B, out_channels, *spatial)``.
     """
-
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        num_codes: int = 64,
-        channels: Sequence[int] = (64, 128, 256),
-        num_res_blocks: int = 6,
-        num_kernels: int = 16,
-        code_dim: int = 64,
-        norm: tuple | str | None = "instance",
-        act: tuple | str | None = _DEFAULT_ACT,
-        upsample: Optional[str] = None,
-        final_act: tuple | str | None = "tanh",
-    ) -> None:
-        super().__init__()
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.num_codes = num_codes
-        self.encoder = Seq2SeqEncoder(spatial_dims, in_channels, channels, num_res_blocks, norm, act)
-        self.decoder = Seq2SeqDecoder(
-            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample, final_act
-        )
 
     @classmethod
     def paper(cls, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, **kwargs) -> "Seq2Seq":
@@ -537,7 +543,7 @@ class Seq2Seq(nn.Module):
         return self.decoder(self.encoder(x), code)
 
 
-class Seq2Seq4D(nn.Module):
+class Seq2Seq4D(_EncoderDecoder):
     """Seq2Seq for dynamic series (e.g. DCE phases): ConvLSTMs over time around the bottleneck.
 
     It has the same ``encoder`` and ``decoder`` submodules as :class:`Seq2Seq` (so weights of the
@@ -579,14 +585,9 @@ class Seq2Seq4D(nn.Module):
         lstm_layers: int = 3,
         lstm_kernel_size: int = 3,
     ) -> None:
-        super().__init__()
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.num_codes = num_codes
-        self.encoder = Seq2SeqEncoder(spatial_dims, in_channels, channels, num_res_blocks, norm, act)
-        self.decoder = Seq2SeqDecoder(
-            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample, final_act
+        super().__init__(
+            spatial_dims, in_channels, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act,
+            upsample, final_act,
         )
         c = self.encoder.out_channels
         self.out_frames = out_frames
