@@ -344,3 +344,21 @@ def test_save_map_preview_writes_png(tmp_path):
     assert out.is_file() and out.read_bytes()[:8] == PNG_MAGIC
     out2 = save_map_preview(torch.from_numpy(vol[..., 0])[None], tmp_path / "slice.png")
     assert out2.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_masked_ssim_averages_the_ssim_map_inside_the_mask():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(-1, 1, (20, 18, 4))
+    b = a.copy()
+    b[10:, :, :] += rng.normal(0, 0.3, (10, 18, 4))  # only the lower half differs
+    m = np.zeros(a.shape, bool)
+    m[12:18, 4:14, :] = True
+    maps = [structural_similarity(a[..., z], b[..., z], data_range=2, win_size=7, full=True)[1] for z in range(4)]
+    expected = np.stack(maps, -1)[m].mean()
+    assert ssim(b, a, axis=-1, mask=m) == pytest.approx(expected, rel=1e-9)
+    top = np.zeros(a.shape, bool)
+    top[:3] = True  # a region whose windows see no change
+    assert ssim(b, a, axis=-1, mask=top) == pytest.approx(1.0)
+    assert ssim(b, a, axis=-1, mask=m) < ssim(b, a, axis=-1) < 1.0
+    with pytest.raises(DataError, match="selects no voxel"):
+        ssim(b, a, axis=-1, mask=np.zeros(a.shape, bool))

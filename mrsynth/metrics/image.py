@@ -123,7 +123,7 @@ def noise_floor_psnr(noiseless, noisy, data_range: float = 2.0, mask=None) -> fl
     return psnr(noiseless, noisy, data_range=data_range, mask=mask)
 
 
-def ssim(pred, target, data_range: float = 2.0, win_size: int = 7, axis: int | None = None) -> float:
+def ssim(pred, target, data_range: float = 2.0, win_size: int = 7, axis: int | None = None, mask=None) -> float:
     """Structural similarity, the papers' definition (skimage, uniform window, ``data_range`` 2).
 
     Args:
@@ -134,17 +134,40 @@ def ssim(pred, target, data_range: float = 2.0, win_size: int = 7, axis: int | N
         axis: ``None`` computes n-D SSIM over the whole array; an integer (``-1`` = the last,
             axial, axis in the BraTS RAS layout) computes 2D SSIM on every slice along that axis
             and returns their mean, as the papers do. Ignored for 2D inputs.
+        mask: optional boolean array broadcastable to the image: the SSIM map (computed as
+            above, on the whole image or slice by slice) is averaged over the voxels inside the
+            mask only, e.g. a tumour region.
 
     Returns:
         SSIM as a Python float (1.0 for identical images).
+
+    Raises:
+        DataError: shapes differ, an image side is below ``win_size``, or the mask does not fit
+            or selects no voxel.
     """
     p, t = _pair(pred, target)
     p, t = _drop_leading_singletons(p), _drop_leading_singletons(t)
+    if mask is not None:
+        return _masked_ssim(p, t, _mask_like(mask, p.shape), data_range, win_size, axis)
     if axis is None or p.ndim <= 2:
         if min(p.shape) < win_size:
             raise DataError(f"SSIM needs every image side >= win_size {win_size}; got shape {p.shape}")
         return float(structural_similarity(p, t, data_range=data_range, win_size=win_size))
     return float(np.mean(per_slice(ssim, p, t, axis=axis, data_range=data_range, win_size=win_size)))
+
+
+def _masked_ssim(p, t, m, data_range, win_size, axis) -> float:
+    if not m.any():
+        raise DataError("SSIM mask selects no voxel")
+    if min(p.shape if axis is None or p.ndim <= 2 else np.delete(p.shape, axis)) < win_size:
+        raise DataError(f"SSIM needs every image side >= win_size {win_size}; got shape {p.shape}")
+    kw = dict(data_range=data_range, win_size=win_size, full=True)
+    if axis is None or p.ndim <= 2:
+        smap = structural_similarity(p, t, **kw)[1]
+    else:
+        pairs = zip(np.moveaxis(p, axis, 0), np.moveaxis(t, axis, 0))
+        smap = np.moveaxis(np.stack([structural_similarity(a, b, **kw)[1] for a, b in pairs]), 0, axis)
+    return float(smap[m].mean())
 
 
 def per_slice(metric_fn: Callable[..., float], pred, target, axis: int = -1, **kw) -> np.ndarray:

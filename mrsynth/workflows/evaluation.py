@@ -9,7 +9,11 @@ Outputs in ``output_dir``:
   ``limit_psnr_fg`` (the noise floor, where the phantom's noiseless image exists),
   ``copy_psnr`` / ``copy_ssim`` (the source itself as the prediction);
 - ``summary.json``: per-pair means, overall means, LPIPS availability, the ranking;
-- ``contribution.csv`` and ``contribution.png``: ``C_t`` / ``C_d`` per sequence;
+- ``contribution.csv`` and ``contribution.png``: ``C_t`` / ``C_d`` per sequence over whole
+  volumes; where cases have a label map (``seg``), also ``psnr_tumour`` / ``ssim_tumour``
+  (metrics inside the lesion, labels > 0) per row and ``contribution_tumour.csv`` / ``.png``:
+  the same ranking from the tumour region alone, where the sequences differ in what they show
+  (whole-volume metrics are dominated by global contrast and background);
 - ``maps/<case>_<target>_diffmap.nii.gz`` (+ ``.png`` previews for the first cases).
 """
 
@@ -36,8 +40,8 @@ __all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["case", "source", "target", "psnr", "ssim", "psnr_fg", "lpips", "limit_psnr", "limit_psnr_fg",
-           "copy_psnr", "copy_ssim"]
+COLUMNS = ["case", "source", "target", "psnr", "ssim", "psnr_fg", "psnr_tumour", "ssim_tumour", "lpips", "limit_psnr",
+           "limit_psnr_fg", "copy_psnr", "copy_ssim"]
 
 
 def foreground_mask(volumes: list[np.ndarray]) -> np.ndarray:
@@ -70,7 +74,7 @@ class VolumeEvaluation:
         self.map_previews = int(map_previews)
         noiseless = [f"{s}_noiseless" for s in self.sequences]
         self.preprocessing = Compose([
-            LoadSequencesd(self.sequences + noiseless),
+            LoadSequencesd(self.sequences + noiseless + ["seg"]),
             ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences,
                              **PAPER),
         ])
@@ -83,11 +87,17 @@ class VolumeEvaluation:
 
     def load(self, case: dict):
         """``(d, avail, vols, clean, mask)``: the preprocessed case, its available sequences, the
-        normalised volumes ``(H, W, D)``, the noiseless ones where present, the head mask."""
+        normalised volumes ``(H, W, D)``, the noiseless ones where present, the head mask.
+        ``d["tumour"]`` is the lesion mask (labels > 0) where the case has a non-empty label map,
+        else ``None``."""
         d = self.preprocessing(case)
         avail = [s for s in self.sequences if s in d]
         vols = {s: d[s][0].numpy() for s in avail}
         clean = {s: d[f"{s}_noiseless"][0].numpy() for s in avail if f"{s}_noiseless" in d}
+        d["tumour"] = None
+        if "seg" in d:
+            lesion = np.asarray(d["seg"][0]) > 0
+            d["tumour"] = lesion if lesion.any() else None
         return d, avail, vols, clean, foreground_mask(list(clean.values()) or list(vols.values()))
 
     def run(self) -> dict:
@@ -156,7 +166,7 @@ class PairwiseEvaluation(VolumeEvaluation):
 
     def evaluate_case(self, case: dict, preview: bool = False) -> list[dict]:
         d, avail, vols, clean, mask = self.load(case)
-        cid = case["case"]
+        cid, tumour = case["case"], d["tumour"]
         rows = []
         for t in avail:
             code = self.sequences.index(t)
@@ -170,6 +180,8 @@ class PairwiseEvaluation(VolumeEvaluation):
                 rows.append({
                     "case": cid, "source": s, "target": t,
                     "psnr": psnr(p, tgt), "ssim": ssim(p, tgt, axis=-1), "psnr_fg": psnr(p, tgt, mask=mask),
+                    "psnr_tumour": None if tumour is None else psnr(p, tgt, mask=tumour),
+                    "ssim_tumour": None if tumour is None else ssim(p, tgt, axis=-1, mask=tumour),
                     "lpips": self.lpips(p, tgt, axis=-1) if self.lpips is not None else None,
                     "limit_psnr": psnr(clean[t], tgt) if t in clean else None,
                     "limit_psnr_fg": psnr(clean[t], tgt, mask=mask) if t in clean else None,
@@ -197,22 +209,31 @@ class PairwiseEvaluation(VolumeEvaluation):
             else (self.lpips.reason if self.lpips is not None else "not requested"),
         }
         if rows:
-            records = [{"source": r["source"], "target": r["target"], "psnr": r["psnr"], "ssim": r["ssim"],
-                        "lpips": r["lpips"]} for r in rows]
-            present = [s for s in self.sequences if any(r["source"] == s or r["target"] == s for r in rows)]
-            try:
-                rank = contribution_ranking(records, present)
-            except Exception as e:  # e.g. a sequence never paired: report, don't fail the evaluation
-                summary["contribution"] = {"error": str(e)}
-            else:
-                write_contribution(rank, self.output_dir / "contribution.csv", self.output_dir / "contribution.png")
-                summary["contribution"] = {
-                    "metrics_used": list(rank["metrics_used"]),
-                    "C_t": dict(zip(rank["sequences"], map(float, rank["C_t"]))),
-                    "C_d": dict(zip(rank["sequences"], map(float, rank["C_d"]))),
-                    "rank_t": rank["rank_t"], "rank_d": rank["rank_d"],
-                }
+            summary["contribution"] = self.rank(rows, "psnr", "ssim", "lpips", "contribution")
+        tumour_rows = [r for r in rows if r.get("psnr_tumour") is not None]
+        if tumour_rows:
+            summary["contribution_tumour"] = self.rank(tumour_rows, "psnr_tumour", "ssim_tumour", None,
+                                                       "contribution_tumour")
         return summary
+
+    def rank(self, rows: list[dict], psnr_key: str, ssim_key: str, lpips_key: str | None, name: str) -> dict:
+        """The contribution ranking of ``rows`` from the given metric columns, written to
+        ``<name>.csv`` / ``<name>.png``; its summary (or ``{"error": ...}`` when it cannot be
+        computed, e.g. a sequence never paired: the evaluation still completes)."""
+        records = [{"source": r["source"], "target": r["target"], "psnr": r[psnr_key], "ssim": r[ssim_key],
+                    "lpips": r[lpips_key] if lpips_key else None} for r in rows]
+        present = [s for s in self.sequences if any(r["source"] == s or r["target"] == s for r in rows)]
+        try:
+            rank = contribution_ranking(records, present)
+        except Exception as e:
+            return {"error": str(e)}
+        write_contribution(rank, self.output_dir / f"{name}.csv", self.output_dir / f"{name}.png")
+        return {
+            "metrics_used": list(rank["metrics_used"]),
+            "C_t": dict(zip(rank["sequences"], map(float, rank["C_t"]))),
+            "C_d": dict(zip(rank["sequences"], map(float, rank["C_d"]))),
+            "rank_t": rank["rank_t"], "rank_d": rank["rank_d"],
+        }
 
 
 def format_table(summary: dict) -> str:
@@ -229,5 +250,8 @@ def format_table(summary: dict) -> str:
         c = summary["contribution"]
         lines.append(f"C_t ranking (generates others best first): {' > '.join(c['rank_t'])}")
         lines.append(f"C_d ranking (hardest to generate first):   {' > '.join(c['rank_d'])}")
+    if "contribution_tumour" in summary and "rank_d" in summary["contribution_tumour"]:
+        c = summary["contribution_tumour"]
+        lines.append(f"In the tumour region: C_t {' > '.join(c['rank_t'])}; C_d {' > '.join(c['rank_d'])}")
     lines.append(f"LPIPS: {summary['lpips']}")
     return "\n".join(lines)
