@@ -164,14 +164,19 @@ def test_evaluation_outputs(trained_seq2seq, phantom, tmp_path):
     assert m.shape == nib.load(str(next(cases[0].glob("*_t1*.nii.gz")))).shape and m.get_fdata().min() >= 0
     assert len(list((out / "maps").glob("*.png"))) > 0
     assert "C_d ranking" in proc.stdout + proc.stderr
-    # inside the lesion (labels > 0 of the phantom's _seg): metrics per row where the case has a tumour,
-    # recomputed independently for one row, and a ranking from those alone
-    seg_cases = {c.name for c in cases if (nib.load(str(c / f"{c.name}_seg.nii.gz")).get_fdata() > 0).any()}
+    # inside the lesion (labels > 0 of the phantom's _seg) and its BraTS sub-regions (evaluate.json): metrics per
+    # row where the case has that region, and a ranking from each region alone
+    segs = {c.name: nib.load(str(c / f"{c.name}_seg.nii.gz")).get_fdata() for c in cases}
+    seg_cases = {k for k, v in segs.items() if (v > 0).any()}
     assert seg_cases, "the test phantom should hold at least one tumour"
     assert all((r["psnr_tumour"] != "") == (r["case"] in seg_cases) for r in rows)
+    assert all((r["psnr_enhancing"] != "") == (segs[r["case"]] == 4).any() for r in rows)
     t = next(r for r in rows if r["case"] in seg_cases)
     assert float(t["psnr_tumour"]) != pytest.approx(float(t["psnr"]), abs=1e-3)
     assert -1 <= float(t["ssim_tumour"]) <= 1
-    tr = summary["contribution_tumour"]
+    regions = summary["contribution_regions"]
+    assert set(regions) <= {"tumour", "enhancing", "oedema", "necrotic"} and "tumour" in regions
+    tr = regions["tumour"]
     assert set(tr["rank_d"]) <= {"t1", "t1ce", "t2", "flair"} and tr["metrics_used"] == ["psnr", "ssim"]
-    assert (out / "contribution_tumour.csv").is_file() and (out / "contribution_tumour.png").stat().st_size > 1000
+    for name in regions:
+        assert (out / f"contribution_{name}.csv").is_file() and (out / f"contribution_{name}.png").stat().st_size > 1000

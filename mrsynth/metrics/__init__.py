@@ -7,13 +7,14 @@ All image metrics take numpy arrays or torch tensors on the ``[-1, 1]`` scale (`
 """
 
 from .contribution import contribution_matrix, contribution_ranking, pair_means, write_contribution
-from .image import noise_floor_psnr, normalize_like_paper, per_slice, psnr, ssim, to_numpy
+from .image import noise_floor_psnr, normalize_like_paper, per_slice, psnr, ssim, ssim_map, to_numpy
 from .lpips import LPIPS, check_lpips_weights, lpips_backbone_path, lpips_or_none
 from .maps import differentiation_map, save_map_preview
 
 __all__ = [
     "psnr",
     "ssim",
+    "ssim_map",
     "per_slice",
     "noise_floor_psnr",
     "normalize_like_paper",

@@ -25,7 +25,7 @@ from skimage.metrics import structural_similarity
 
 from ..errors import DataError
 
-__all__ = ["psnr", "ssim", "per_slice", "noise_floor_psnr", "normalize_like_paper", "to_numpy"]
+__all__ = ["psnr", "ssim", "ssim_map", "per_slice", "noise_floor_psnr", "normalize_like_paper", "to_numpy"]
 
 
 def to_numpy(x, dtype=np.float64) -> np.ndarray:
@@ -156,18 +156,31 @@ def ssim(pred, target, data_range: float = 2.0, win_size: int = 7, axis: int | N
     return float(np.mean(per_slice(ssim, p, t, axis=axis, data_range=data_range, win_size=win_size)))
 
 
-def _masked_ssim(p, t, m, data_range, win_size, axis) -> float:
-    if not m.any():
-        raise DataError("SSIM mask selects no voxel")
-    if min(p.shape if axis is None or p.ndim <= 2 else np.delete(p.shape, axis)) < win_size:
+def ssim_map(pred, target, data_range: float = 2.0, win_size: int = 7, axis: int | None = -1) -> np.ndarray:
+    """The local SSIM map behind :func:`ssim` (same definition), shape of the (squeezed) images:
+    n-D over the whole array with ``axis=None``, else 2D slice by slice along ``axis``. Average it
+    over any region (e.g. a tumour label) to score that region; computing it once serves every
+    region of a pair.
+
+    Raises:
+        DataError: shapes differ or an image side is below ``win_size``.
+    """
+    p, t = _pair(pred, target)
+    p, t = _drop_leading_singletons(p), _drop_leading_singletons(t)
+    sides = p.shape if axis is None or p.ndim <= 2 else np.delete(p.shape, axis)
+    if min(sides) < win_size:
         raise DataError(f"SSIM needs every image side >= win_size {win_size}; got shape {p.shape}")
     kw = dict(data_range=data_range, win_size=win_size, full=True)
     if axis is None or p.ndim <= 2:
-        smap = structural_similarity(p, t, **kw)[1]
-    else:
-        pairs = zip(np.moveaxis(p, axis, 0), np.moveaxis(t, axis, 0))
-        smap = np.moveaxis(np.stack([structural_similarity(a, b, **kw)[1] for a, b in pairs]), 0, axis)
-    return float(smap[m].mean())
+        return structural_similarity(p, t, **kw)[1]
+    pairs = zip(np.moveaxis(p, axis, 0), np.moveaxis(t, axis, 0))
+    return np.moveaxis(np.stack([structural_similarity(a, b, **kw)[1] for a, b in pairs]), 0, axis)
+
+
+def _masked_ssim(p, t, m, data_range, win_size, axis) -> float:
+    if not m.any():
+        raise DataError("SSIM mask selects no voxel")
+    return float(ssim_map(p, t, data_range, win_size, axis)[m].mean())
 
 
 def per_slice(metric_fn: Callable[..., float], pred, target, axis: int = -1, **kw) -> np.ndarray:

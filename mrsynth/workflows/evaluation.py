@@ -10,10 +10,12 @@ Outputs in ``output_dir``:
   ``copy_psnr`` / ``copy_ssim`` (the source itself as the prediction);
 - ``summary.json``: per-pair means, overall means, LPIPS availability, the ranking;
 - ``contribution.csv`` and ``contribution.png``: ``C_t`` / ``C_d`` per sequence over whole
-  volumes; where cases have a label map (``seg``), also ``psnr_tumour`` / ``ssim_tumour``
-  (metrics inside the lesion, labels > 0) per row and ``contribution_tumour.csv`` / ``.png``:
-  the same ranking from the tumour region alone, where the sequences differ in what they show
-  (whole-volume metrics are dominated by global contrast and background);
+  volumes; where cases have a label map (``seg``), for every region of ``regions`` (default:
+  the lesion, labels > 0; the bundle's ``evaluate.json`` adds the BraTS sub-regions) the
+  columns ``psnr_<region>`` / ``ssim_<region>`` (inside that region) and
+  ``contribution_<region>.csv`` / ``.png``: the ranking from that region alone, where the
+  sequences differ in what they show (whole-volume metrics are dominated by global contrast and
+  background);
 - ``maps/<case>_<target>_diffmap.nii.gz`` (+ ``.png`` previews for the first cases).
 """
 
@@ -32,16 +34,19 @@ from scipy.ndimage import binary_fill_holes
 from skimage.filters import threshold_otsu
 
 from ..io import atomic_path, save_json, save_nifti
-from ..metrics import LPIPS, contribution_ranking, differentiation_map, psnr, save_map_preview, ssim, write_contribution
+from ..metrics import (LPIPS, contribution_ranking, differentiation_map, psnr, save_map_preview, ssim, ssim_map,
+                       write_contribution)
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled
 from .synthesis import load_weights, synthesize_volume
 
-__all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_table", "mean_of", "COLUMNS"]
+__all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_table", "mean_of", "COLUMNS", "LESION"]
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["case", "source", "target", "psnr", "ssim", "psnr_fg", "psnr_tumour", "ssim_tumour", "lpips", "limit_psnr",
-           "limit_psnr_fg", "copy_psnr", "copy_ssim"]
+COLUMNS = ["case", "source", "target", "psnr", "ssim", "psnr_fg", "lpips", "limit_psnr", "limit_psnr_fg",
+           "copy_psnr", "copy_ssim"]
+#: the default evaluation region: the whole lesion (any label > 0)
+LESION = {"tumour": None}
 
 
 def foreground_mask(volumes: list[np.ndarray]) -> np.ndarray:
@@ -64,6 +69,8 @@ class VolumeEvaluation:
     :meth:`evaluate_case` (rows), :meth:`summarize` and :meth:`format`."""
 
     columns: list[str] = COLUMNS
+    #: label regions scored separately (name -> labels, ``None``: any label > 0)
+    regions: dict = LESION
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
                  map_previews: int = 2):
@@ -88,16 +95,17 @@ class VolumeEvaluation:
     def load(self, case: dict):
         """``(d, avail, vols, clean, mask)``: the preprocessed case, its available sequences, the
         normalised volumes ``(H, W, D)``, the noiseless ones where present, the head mask.
-        ``d["tumour"]`` is the lesion mask (labels > 0) where the case has a non-empty label map,
-        else ``None``."""
+        ``d["regions"]`` maps every region of ``self.regions`` to its mask where the case has a
+        label map and the region is not empty there, else to ``None``."""
         d = self.preprocessing(case)
         avail = [s for s in self.sequences if s in d]
         vols = {s: d[s][0].numpy() for s in avail}
         clean = {s: d[f"{s}_noiseless"][0].numpy() for s in avail if f"{s}_noiseless" in d}
-        d["tumour"] = None
-        if "seg" in d:
-            lesion = np.asarray(d["seg"][0]) > 0
-            d["tumour"] = lesion if lesion.any() else None
+        seg = np.asarray(d["seg"][0]) if "seg" in d else None
+        d["regions"] = {}
+        for name, labels in self.regions.items():
+            m = None if seg is None else (seg > 0 if labels is None else np.isin(seg, list(labels)))
+            d["regions"][name] = m if m is not None and m.any() else None
         return d, avail, vols, clean, foreground_mask(list(clean.values()) or list(vols.values()))
 
     def run(self) -> dict:
@@ -154,19 +162,26 @@ class PairwiseEvaluation(VolumeEvaluation):
         device: torch device.
         lpips_net: LPIPS backbone (``"alex"``, the paper); ``None`` skips LPIPS.
         map_previews: number of cases whose differentiation maps get PNG previews.
+        regions: label regions scored and ranked separately where a case has a label map:
+            ``{name: [labels]}`` (``None`` for any label > 0); default the whole lesion,
+            ``{"tumour": None}``. For BraTS labels, e.g. ``{"tumour": None, "enhancing": [4],
+            "oedema": [2], "necrotic": [1]}``.
     """
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
-                 lpips_net: str | None = "alex", map_previews: int = 2):
+                 lpips_net: str | None = "alex", map_previews: int = 2, regions: dict | None = None):
         super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews)
         self.lpips = LPIPS(lpips_net, device=str(self.device)) if lpips_net else None
+        if regions is not None:
+            self.regions = {str(k): (None if v is None else [int(x) for x in v]) for k, v in dict(regions).items()}
+        self.columns = COLUMNS + [f"{m}_{name}" for name in self.regions for m in ("psnr", "ssim")]
 
     def format(self, summary: dict) -> str:
         return format_table(summary)
 
     def evaluate_case(self, case: dict, preview: bool = False) -> list[dict]:
         d, avail, vols, clean, mask = self.load(case)
-        cid, tumour = case["case"], d["tumour"]
+        cid = case["case"]
         rows = []
         for t in avail:
             code = self.sequences.index(t)
@@ -177,15 +192,18 @@ class PairwiseEvaluation(VolumeEvaluation):
                 if s == t:
                     continue
                 p = preds[s]
+                smap = ssim_map(p, tgt, axis=-1) if any(m is not None for m in d["regions"].values()) else None
+                regional = {}
+                for name, m in d["regions"].items():
+                    regional[f"psnr_{name}"] = None if m is None else psnr(p, tgt, mask=m)
+                    regional[f"ssim_{name}"] = None if m is None else float(smap[m].mean())
                 rows.append({
                     "case": cid, "source": s, "target": t,
                     "psnr": psnr(p, tgt), "ssim": ssim(p, tgt, axis=-1), "psnr_fg": psnr(p, tgt, mask=mask),
-                    "psnr_tumour": None if tumour is None else psnr(p, tgt, mask=tumour),
-                    "ssim_tumour": None if tumour is None else ssim(p, tgt, axis=-1, mask=tumour),
                     "lpips": self.lpips(p, tgt, axis=-1) if self.lpips is not None else None,
                     "limit_psnr": psnr(clean[t], tgt) if t in clean else None,
                     "limit_psnr_fg": psnr(clean[t], tgt, mask=mask) if t in clean else None,
-                    "copy_psnr": psnr(vols[s], tgt), "copy_ssim": ssim(vols[s], tgt, axis=-1),
+                    "copy_psnr": psnr(vols[s], tgt), "copy_ssim": ssim(vols[s], tgt, axis=-1), **regional,
                 })
             self.save_map(differentiation_map(preds, tgt), d[t].affine, f"{cid}_{t}_diffmap", preview,
                           f"{cid}: differentiation map of {t}")
@@ -194,7 +212,7 @@ class PairwiseEvaluation(VolumeEvaluation):
     def summarize(self, rows: list[dict]) -> dict:
         mean = mean_of
 
-        keys = COLUMNS[3:]
+        keys = self.columns[3:]
         pairs = {}
         for s in self.sequences:
             for t in self.sequences:
@@ -210,10 +228,12 @@ class PairwiseEvaluation(VolumeEvaluation):
         }
         if rows:
             summary["contribution"] = self.rank(rows, "psnr", "ssim", "lpips", "contribution")
-        tumour_rows = [r for r in rows if r.get("psnr_tumour") is not None]
-        if tumour_rows:
-            summary["contribution_tumour"] = self.rank(tumour_rows, "psnr_tumour", "ssim_tumour", None,
-                                                       "contribution_tumour")
+        summary["contribution_regions"] = {}
+        for name in self.regions:
+            region_rows = [r for r in rows if r.get(f"psnr_{name}") is not None]
+            if region_rows:
+                summary["contribution_regions"][name] = self.rank(region_rows, f"psnr_{name}", f"ssim_{name}", None,
+                                                                  f"contribution_{name}")
         return summary
 
     def rank(self, rows: list[dict], psnr_key: str, ssim_key: str, lpips_key: str | None, name: str) -> dict:
@@ -250,8 +270,8 @@ def format_table(summary: dict) -> str:
         c = summary["contribution"]
         lines.append(f"C_t ranking (generates others best first): {' > '.join(c['rank_t'])}")
         lines.append(f"C_d ranking (hardest to generate first):   {' > '.join(c['rank_d'])}")
-    if "contribution_tumour" in summary and "rank_d" in summary["contribution_tumour"]:
-        c = summary["contribution_tumour"]
-        lines.append(f"In the tumour region: C_t {' > '.join(c['rank_t'])}; C_d {' > '.join(c['rank_d'])}")
+    for name, c in summary.get("contribution_regions", {}).items():
+        if "rank_d" in c:
+            lines.append(f"In region '{name}': C_t {' > '.join(c['rank_t'])}; C_d {' > '.join(c['rank_d'])}")
     lines.append(f"LPIPS: {summary['lpips']}")
     return "\n".join(lines)
