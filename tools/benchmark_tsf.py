@@ -47,7 +47,7 @@ def markdown(summary: dict, epochs: int, train_s: float) -> tuple[str, dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seq2seq-out", required=True, help="the --out folder of tools/benchmark_seq2seq.py")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: quick.json's max_epochs)")
     ap.add_argument("--skip-run", action="store_true")
     ap.add_argument("--report")
     args = ap.parse_args(argv)
@@ -56,13 +56,15 @@ def main(argv=None) -> int:
     s2s_ckpt = base / "seq2seq" / "models" / "model.pt"
     if not args.skip_run:
         sh("tsf_train", [py, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/quick.json']",
-                         "--dataset_dir", str(base / "train"), "--bundle_root", str(root), "--seq2seq_ckpt", str(s2s_ckpt),
-                         "--max_epochs", str(args.epochs)], cwd=bundle)
+                         "--dataset_dir", str(base / "train"), "--bundle_root", str(root), "--seq2seq_ckpt", str(s2s_ckpt)]
+           + (["--max_epochs", str(args.epochs)] if args.epochs else []), cwd=bundle)
         sh("tsf_evaluate", [py, "-m", "monai.bundle", "run", "--config_file",
                             "['configs/train.json','configs/quick.json','configs/evaluate.json']",
                             "--dataset_dir", str(base / "test"), "--bundle_root", str(root), "--seq2seq_ckpt", str(s2s_ckpt),
                             "--output_dir", str(base / "tsf_evaluation")], cwd=bundle)
         (base / "tsf_timings.json").write_text(json.dumps(TIMINGS, indent=2))
+    if args.epochs is None:
+        args.epochs = json.loads((bundle / "configs" / "quick.json").read_text())["max_epochs"]
     timings = json.loads((base / "tsf_timings.json").read_text())
     summary = json.loads((base / "tsf_evaluation" / "summary.json").read_text())
     md, checks = markdown(summary, args.epochs, timings.get("tsf_train", float("nan")))
