@@ -284,3 +284,17 @@ def test_single_conv_path_gives_same_gradients_as_grouped_path(monkeypatch):
     slow = grads()
     for name in fast:
         torch.testing.assert_close(fast[name], slow[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_cpu_inference_path_equals_batched_training_path():
+    """Without autograd a CPU batch runs one sample at a time with each bank mixed once per target
+    (memoised); with autograd the same batch runs as grouped convolutions. Same function."""
+    net = tiny(2, 3, 3)
+    x = torch.randn(5, 3, 32, 32)
+    code = torch.tensor([3, 0, 3, 1, 0])
+    batched = net(x, code).detach()  # grad enabled: the batched, grouped path
+    with torch.no_grad():
+        per_sample = net(x, code)
+        decoded = net.decode(net.encode(x), code)
+    torch.testing.assert_close(per_sample, batched, atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded, per_sample, atol=0, rtol=0)
