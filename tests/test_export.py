@@ -125,8 +125,9 @@ def test_seq2seq_torchscript_matches_checkpoint(exported_seq2seq):
     with torch.no_grad():
         assert not torch.allclose(ts(image[:1], torch.tensor([0])), ts(image[:1], torch.tensor([3])))
     # bad input: the network's own message survives scripting
-    with pytest.raises(torch.jit.Error, match="divisible by 4"):
-        ts(torch.zeros(1, 3, 30, 32), torch.tensor([0]))
+    factor = net.encoder.downsample_factor
+    with pytest.raises(torch.jit.Error, match=f"divisible by {factor}"):
+        ts(torch.zeros(1, 3, 4 * factor + 1, 4 * factor), torch.tensor([0]))
 
 
 def test_seq2seq_torchscript_carries_metadata_and_configs(exported_seq2seq):
