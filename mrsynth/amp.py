@@ -16,7 +16,31 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["amp_dtype", "autocast", "cpu_bf16_supported"]
+__all__ = ["amp_dtype", "autocast", "cpu_bf16_supported", "as_bool"]
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
+
+
+def as_bool(value, name: str = "amp") -> bool:
+    """A flag that may arrive from the command line as text: ``--amp false`` reaches a bundle as
+    the string ``'false'`` (only ``False`` is parsed as a boolean), which plain ``bool()`` would
+    take as true. Accepts booleans, numbers and ``true/false/yes/no/on/off/1/0`` in any case.
+
+    Raises:
+        ValueError: naming the flag, for any other value.
+    """
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ValueError(f"--{name} must be true or false, got {value!r}")
+    if value is None:
+        return False
+    if isinstance(value, (bool, int, float)):
+        return bool(value)
+    raise ValueError(f"--{name} must be true or false, got {value!r}")
 
 
 def cpu_bf16_supported() -> bool:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
-from .amp import autocast
+from .amp import as_bool, autocast
 from .transforms.sampling import slab_indices
 
 __all__ = ["SlabInferer"]
@@ -46,7 +46,7 @@ class SlabInferer(Inferer):
     def __init__(self, num_slices: int = 3, batch_size: int = 8, divisible_by: int = 4, pad_value: float = -1.0,
                  amp: bool = False):
         super().__init__()
-        self.amp = bool(amp)
+        self.amp = as_bool(amp, "amp")
         if num_slices < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
         self.num_slices, self.batch_size = int(num_slices), int(batch_size)

@@ -64,3 +64,13 @@ def test_amp_dtype_per_device(monkeypatch):
     assert amp.autocast("cpu").fast_dtype == torch.bfloat16 and not amp.autocast("cpu", enabled=False)._enabled
     monkeypatch.setattr(amp, "cpu_bf16_supported", lambda: False)
     assert amp.amp_dtype("cpu") is None and not amp.autocast("cpu")._enabled
+
+
+def test_amp_flag_from_the_command_line_text():
+    """`--amp false` reaches the config as the string 'false': it must switch mixed precision off."""
+    import pytest
+
+    assert SlabInferer(amp="false").amp is False and SlabInferer(amp="False").amp is False
+    assert SlabInferer(amp="TRUE").amp is True and SlabInferer(amp=True).amp is True and SlabInferer().amp is False
+    with pytest.raises(ValueError, match="--amp must be true or false, got 'maybe'"):
+        SlabInferer(amp="maybe")

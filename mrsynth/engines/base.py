@@ -10,7 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 
-from ..amp import autocast
+from ..amp import as_bool, autocast
 
 __all__ = ["TrainStep", "unwrap", "run_as_forward"]
 
@@ -75,7 +75,7 @@ class TrainStep:
         engine.state.output = {Keys.IMAGE: batch[Keys.IMAGE], Keys.LABEL: batch[Keys.LABEL]}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with autocast(device, enabled=bool(engine.amp)):  # fp16 on CUDA, bf16 on CPUs with native bf16
+        with autocast(device, enabled=as_bool(engine.amp)):  # fp16 on CUDA, bf16 on CPUs with native bf16
             out = self.compute(engine.network, batch)
         loss = out.pop("loss")
         engine.state.output.update({Keys.PRED: out.pop("pred"), Keys.LOSS: loss, **out})
