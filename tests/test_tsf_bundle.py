@@ -97,9 +97,16 @@ def test_evaluation_weight_table_and_maps(trained_tsf, phantom, tmp_path):
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {int(r["n_sources"]) for r in rows} == {1, 2, 3}
+    # PSNR inside the lesion and its BraTS sub-regions (evaluate.json), where a case has them
+    lesion = {p.name for p in phantom.iterdir() if p.is_dir()
+              and (nib.load(str(p / f"{p.name}_seg.nii.gz")).get_fdata() > 0).any()}
+    assert lesion and all((r["psnr_tumour"] != "") == (r["case"] in lesion) for r in rows)
+    assert all(float(r["psnr_tumour"]) != pytest.approx(float(r["psnr"]), abs=1e-3) for r in rows if r["psnr_tumour"])
+    assert {"psnr_enhancing", "psnr_oedema", "psnr_necrotic"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     t = next(iter(summary["targets"].values()))
     assert set(t["by_num_sources"]) <= {"1", "2", "3"} and "seq2seq_single" in t and t["limit_psnr"] > 0
+    assert t["by_num_sources"]["1"]["psnr_tumour"] is not None
     assert (out / "weights.png").stat().st_size > 1000 and (out / "seq2seq_metrics.csv").is_file()
     maps = list((out / "maps").glob("*_tsem.nii.gz"))
     assert maps and nib.load(str(maps[0])).get_fdata().min() >= 0

@@ -38,6 +38,15 @@ def markdown(summary: dict, epochs: int, train_s: float) -> tuple[str, dict]:
         ps = [k[n]["psnr"] for n in ("1", "2", "3") if n in k]
         checks[t] = {"rises_with_inputs": all(a < b for a, b in zip(ps, ps[1:])),
                      "three_beat_best_single": "3" in k and k["3"]["psnr"] > s2s.get("best_psnr", float("inf"))}
+    regions = [r for r in ("tumour", "enhancing") if any(f"psnr_{r}" in v for e in summary["targets"].values()
+                                                            for v in e["by_num_sources"].values())]
+    for region in regions:
+        lines += ["", f"PSNR (dB) inside the {'whole lesion (labels > 0)' if region == 'tumour' else region + ' tumour'} "
+                  "by number of inputs:", "", "| target | 1 input | 2 inputs | 3 inputs |", "|---|---|---|---|"]
+        for t, e in summary["targets"].items():
+            k = e["by_num_sources"]
+            vals = [k[n].get(f"psnr_{region}") if n in k else None for n in ("1", "2", "3")]
+            lines.append(f"| {t} | " + " | ".join("" if v is None else f"{v:.2f}" for v in vals) + " |")
     lines += ["", "Checks per target: " + "; ".join(
         f"{t}: rises {'yes' if c['rises_with_inputs'] else 'no'}, 3 inputs > best single {'yes' if c['three_beat_best_single'] else 'no'}"
         for t, c in checks.items()) + "."]

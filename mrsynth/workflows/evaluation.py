@@ -86,6 +86,12 @@ class VolumeEvaluation:
                              **PAPER),
         ])
 
+    def set_regions(self, regions: dict | None) -> None:
+        """Label regions to score separately: ``{name: [labels]}`` (``None``: any label > 0);
+        ``None`` keeps the default (the whole lesion)."""
+        if regions is not None:
+            self.regions = {str(k): (None if v is None else [int(x) for x in v]) for k, v in dict(regions).items()}
+
     def prepare(self) -> None:
         """Load weights and put the network in evaluation mode (called by :meth:`run`)."""
         if self.ckpt_path is not None:
@@ -172,8 +178,7 @@ class PairwiseEvaluation(VolumeEvaluation):
                  lpips_net: str | None = "alex", map_previews: int = 2, regions: dict | None = None):
         super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews)
         self.lpips = LPIPS(lpips_net, device=str(self.device)) if lpips_net else None
-        if regions is not None:
-            self.regions = {str(k): (None if v is None else [int(x) for x in v]) for k, v in dict(regions).items()}
+        self.set_regions(regions)
         self.columns = COLUMNS + [f"{m}_{name}" for name in self.regions for m in ("psnr", "ssim")]
 
     def format(self, summary: dict) -> str:

@@ -73,13 +73,17 @@ class SubsetEvaluation(VolumeEvaluation):
             :class:`~mrsynth.workflows.PairwiseEvaluation`.
         seq2seq: a one-to-one network for the single-source comparison (optional), with its
             weights at ``seq2seq_ckpt``.
+        regions: label regions (as :class:`~mrsynth.workflows.PairwiseEvaluation`): every row
+            gets ``psnr_<region>`` where the case has that region, and the summary its mean per
+            number of inputs.
     """
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
-                 seq2seq=None, seq2seq_ckpt=None, map_previews: int = 2):
+                 seq2seq=None, seq2seq_ckpt=None, map_previews: int = 2, regions: dict | None = None):
         super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews)
+        self.set_regions(regions)
         self.columns = ["case", "sources", "n_sources", "target", "psnr", "ssim", "psnr_fg", "limit_psnr"] + [
-            f"w_{s}" for s in self.sequences]
+            f"psnr_{name}" for name in self.regions] + [f"w_{s}" for s in self.sequences]
         self.seq2seq, self.seq2seq_ckpt = seq2seq, seq2seq_ckpt
         self.single_rows: list[dict] = []
 
@@ -110,6 +114,7 @@ class SubsetEvaluation(VolumeEvaluation):
                     "case": cid, "sources": "+".join(self.sequences[i] for i in sub), "n_sources": len(sub),
                     "target": t, "psnr": psnr(pred, tgt), "ssim": ssim(pred, tgt, axis=-1),
                     "psnr_fg": psnr(pred, tgt, mask=head), "limit_psnr": limit,
+                    **{f"psnr_{name}": None if m is None else psnr(pred, tgt, mask=m) for name, m in d["regions"].items()},
                     **{f"w_{s}": float(w[0, i]) for i, s in enumerate(self.sequences)},
                 })
                 if len(sub) == len(others) and preview:
@@ -139,7 +144,8 @@ class SubsetEvaluation(VolumeEvaluation):
             for k in sorted({r["n_sources"] for r in rt}):
                 rk = [r for r in rt if r["n_sources"] == k]
                 by_k[str(k)] = {"n": len(rk), "psnr": mean_of(rk, "psnr"), "ssim": mean_of(rk, "ssim"),
-                                "psnr_fg": mean_of(rk, "psnr_fg")}
+                                "psnr_fg": mean_of(rk, "psnr_fg"),
+                                **{f"psnr_{name}": mean_of(rk, f"psnr_{name}") for name in self.regions}}
             entry = {"by_num_sources": by_k, "limit_psnr": mean_of(rt, "limit_psnr")}
             singles = [r for r in self.single_rows if r["target"] == t]
             if singles:
