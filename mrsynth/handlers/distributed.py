@@ -8,13 +8,11 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..engines.base import unwrap
+
 __all__ = ["check_ranks_in_sync"]
 
 logger = logging.getLogger(__name__)
-
-
-def _plain(network):
-    return getattr(network, "module", network)  # DistributedDataParallel wraps the model
 
 
 def check_ranks_in_sync(network, save_dir=None, atol: float = 0.0) -> float:
@@ -32,7 +30,7 @@ def check_ranks_in_sync(network, save_dir=None, atol: float = 0.0) -> float:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return 0.0
-    state = _plain(network).state_dict()
+    state = unwrap(network).state_dict()
     rank, world = dist.get_rank(), dist.get_world_size()
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
