@@ -435,8 +435,7 @@ class Seq2Seq(_EncoderDecoder):
     CPU inference (no autograd) runs a batch one sample at a time, samples with the same target
     together, each kernel bank mixed once per target: the same result (up to float rounding) and
     faster on the CPU, where a sample's activations stay in the caches and a batch's do not
-    (``tools/bench_speed.py`` measures it). ``encode`` and ``decode`` do the same, so that
-    ``decode(encode(x), code)`` equals ``forward(x, code)`` exactly.
+    (``tools/bench_speed.py`` measures it). ``forward(x, code)`` is ``decode(encode(x), code)``.
 
     Args:
         spatial_dims: 2 (2D and 2.5D) or 3.
@@ -466,7 +465,7 @@ class Seq2Seq(_EncoderDecoder):
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
     def _per_sample(self, x: torch.Tensor) -> bool:
-        # CPU inference of a batch: one sample at a time (see _forward_per_sample)
+        # CPU inference of a batch: one sample at a time (see _decode_per_sample)
         return x.shape[0] > 1 and x.device.type == "cpu" and not torch.is_grad_enabled()
 
     def _embed_batch(self, code: torch.Tensor, batch: int) -> torch.Tensor:
@@ -484,9 +483,8 @@ class Seq2Seq(_EncoderDecoder):
         _, group = torch.unique(emb, dim=0, return_inverse=True)
         return torch.sort(group, stable=True).indices.tolist()
 
-    def _forward_per_sample(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """CPU inference one sample at a time; the same result as the batched call, and the same
-        as ``decode(encode(x), code)``.
+    def _decode_per_sample(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """CPU inference one sample at a time; the same result as the batched call.
 
         A sample's activations fit in the CPU caches where a batch's do not, which makes the
         memory-bound layers (upsampling, padding, normalisation) and the full-resolution
@@ -494,24 +492,11 @@ class Seq2Seq(_EncoderDecoder):
         every hyper-convolution mixes its bank once per target and call
         (:func:`~mrsynth.networks.hyperconv.memoised_mixing`).
         """
-        self.encoder.check_input(x)
-        emb = self._embed_batch(code, x.shape[0])
-        out: List[torch.Tensor] = [x] * x.shape[0]
-        for i in self._target_order(emb):
-            out[i] = self.decoder.decode_embedded(self.encoder(x[i : i + 1]), emb[i : i + 1])
-        return torch.cat(out)
-
-    def _decode_per_sample(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         emb = self._embed_batch(code, features.shape[0])
         out: List[torch.Tensor] = [features] * features.shape[0]
         for i in self._target_order(emb):
             out[i] = self.decoder.decode_embedded(features[i : i + 1], emb[i : i + 1])
         return torch.cat(out)
-
-    @torch.jit.unused
-    def _forward_per_sample_memoised(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        with memoised_mixing():
-            return self._forward_per_sample(x, code)
 
     @torch.jit.unused
     def _decode_per_sample_memoised(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -536,11 +521,7 @@ class Seq2Seq(_EncoderDecoder):
         return self.decoder(features, code)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        if self._per_sample(x):
-            if torch.jit.is_scripting():
-                return self._forward_per_sample(x, code)
-            return self._forward_per_sample_memoised(x, code)
-        return self.decoder(self.encoder(x), code)
+        return self.decode(self.encode(x), code)
 
 
 class Seq2Seq4D(_EncoderDecoder):
