@@ -84,6 +84,14 @@ def load_ts(path: Path):
     return load_net_with_metadata(str(path), more_extra_files=["inference.json", "quick.json"])
 
 
+def exported_and_eager(bundle: Path):
+    """``(ts, meta, extra, net)``: the exported models/model.ts with its metadata and extra files,
+    and the eager network with the weights of models/model.pt, both in evaluation mode."""
+    ts, meta, extra = load_ts(bundle / "models" / "model.ts")
+    net = eager_network(bundle, torch.load(bundle / "models" / "model.pt", weights_only=True))
+    return ts.eval(), meta, extra, net
+
+
 def assert_same(eager, scripted, *inputs):
     """Same output without autograd (the CPU per-sample path) and with it (the batched path)."""
     for grad in (False, True):
@@ -111,10 +119,7 @@ def exported_tsf(trained_tsf, tmp_path_factory):  # noqa: F811
 
 
 def test_seq2seq_torchscript_matches_checkpoint(exported_seq2seq):
-    bundle = exported_seq2seq
-    ts, _, _ = load_ts(bundle / "models" / "model.ts")
-    ts.eval()
-    net = eager_network(bundle, torch.load(bundle / "models" / "model.pt", weights_only=True))
+    ts, _, _, net = exported_and_eager(exported_seq2seq)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(4, 3, 48, 40, generator=g) * 2 - 1
     assert_same(net, ts, image, torch.tensor([0, 3, 1, 3]))  # mixed targets
@@ -161,9 +166,7 @@ def test_seq2seq_export_from_resumable_checkpoint(exported_seq2seq):
 
 def test_tsf_torchscript_matches_checkpoint_and_carries_metadata(exported_tsf):
     bundle = exported_tsf
-    ts, meta, extra = load_ts(bundle / "models" / "model.ts")
-    ts.eval()
-    net = eager_network(bundle, torch.load(bundle / "models" / "model.pt", weights_only=True))
+    ts, meta, extra, net = exported_and_eager(bundle)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 12, 48, 40, generator=g) * 2 - 1
     mask = torch.tensor([[1.0, 1, 0, 1], [0, 1, 1, 0], [1, 1, 1, 1]])

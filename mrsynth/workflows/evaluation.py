@@ -73,8 +73,10 @@ class VolumeEvaluation:
     regions: dict = LESION
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
-                 map_previews: int = 2):
+                 map_previews: int = 2, regions: dict | None = None):
         self.network, self.inferer = network, inferer
+        if regions is not None:
+            self.regions = {str(k): (None if v is None else [int(x) for x in v]) for k, v in dict(regions).items()}
         self.sequences = [s.lower() for s in sequences]
         self.cases, self.output_dir = list(cases), Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
@@ -85,12 +87,6 @@ class VolumeEvaluation:
             ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences,
                              **PAPER),
         ])
-
-    def set_regions(self, regions: dict | None) -> None:
-        """Label regions to score separately: ``{name: [labels]}`` (``None``: any label > 0);
-        ``None`` keeps the default (the whole lesion)."""
-        if regions is not None:
-            self.regions = {str(k): (None if v is None else [int(x) for x in v]) for k, v in dict(regions).items()}
 
     def prepare(self) -> None:
         """Load weights and put the network in evaluation mode (called by :meth:`run`)."""
@@ -176,9 +172,8 @@ class PairwiseEvaluation(VolumeEvaluation):
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
                  lpips_net: str | None = "alex", map_previews: int = 2, regions: dict | None = None):
-        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews)
+        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions)
         self.lpips = LPIPS(lpips_net, device=str(self.device)) if lpips_net else None
-        self.set_regions(regions)
         self.columns = COLUMNS + [f"{m}_{name}" for name in self.regions for m in ("psnr", "ssim")]
 
     def format(self, summary: dict) -> str:

@@ -80,8 +80,7 @@ class SubsetEvaluation(VolumeEvaluation):
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
                  seq2seq=None, seq2seq_ckpt=None, map_previews: int = 2, regions: dict | None = None):
-        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews)
-        self.set_regions(regions)
+        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions)
         self.columns = ["case", "sources", "n_sources", "target", "psnr", "ssim", "psnr_fg", "limit_psnr"] + [
             f"psnr_{name}" for name in self.regions] + [f"w_{s}" for s in self.sequences]
         self.seq2seq, self.seq2seq_ckpt = seq2seq, seq2seq_ckpt
