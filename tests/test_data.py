@@ -269,3 +269,17 @@ def test_deterministic_source_subsets(brats_dir):
     full = LoadSequencesd(SEQS)(list_brats_cases(brats_dir)[0])
     every = SourceSubsetsd(SEQS, num_slices=1, all_subsets=True)(full)
     assert len(every) == 4 * 7  # 4 targets x 7 non-empty subsets of the other three
+
+
+def test_identity_prob_controls_how_often_target_equals_source(brats_dir):
+    case = LoadSequencesd(SEQS)(list_brats_cases(brats_dir)[0])  # all four sequences
+    for prob, expected in ((0.0, 0.0), (1.0, 1.0), (0.25, 0.25)):
+        t = RandSequencePaird(SEQS, num_slices=1, num_samples=800, identity_prob=prob)
+        t.set_random_state(3)
+        same = np.mean([int(s["src_code"]) == int(s["tgt_code"]) for s in t(case)])
+        assert same == pytest.approx(expected, abs=0.05)
+    single = LoadSequencesd(SEQS)(list_brats_cases(brats_dir)[2])  # t2 only: the identity is all there is
+    t = RandSequencePaird(SEQS, num_slices=1, num_samples=8, identity_prob=0.0)
+    assert all(int(s["src_code"]) == int(s["tgt_code"]) == 2 for s in t(single))
+    with pytest.raises(ValueError, match="identity_prob"):
+        RandSequencePaird(SEQS, identity_prob=1.5)

@@ -222,3 +222,37 @@ def test_cli_nnseq2seq_layout(tmp_path):
         assert 2 <= len(present) <= 4 and sum(c["available"]) == len(present)
         for s in present:
             assert f"{s}_noiseless" in c and f"{s}_meta" in c
+
+
+def test_tissue_map_is_the_dominant_compartment(subject):
+    from mrsynth.data.phantom import TISSUE_CODES, TISSUES
+
+    tissue = subject.tissue
+    assert tissue.dtype == np.uint8 and tissue.shape == subject.label.shape
+    assert set(np.unique(tissue).tolist()) <= {0, *TISSUE_CODES.values()}
+    assert not tissue[~subject.brain_mask].any() and tissue[subject.brain_mask].all()
+    frac = np.stack([subject.fractions[k] for k in TISSUES])
+    inside = subject.brain_mask
+    np.testing.assert_array_equal(tissue[inside], frac.argmax(0)[inside] + 1)
+    # the label map's lesion classes agree with the tissue map where a voxel is mostly lesion
+    assert (tissue[subject.label == 4] == TISSUE_CODES["enhancing"]).mean() > 0.9
+    # known contrast on the tissue map: in T2, CSF > GM > WM
+    t2 = subject.noiseless["t2"]
+    csf, gm, wm = (t2[tissue == TISSUE_CODES[k]].mean() for k in ("csf", "gm", "wm"))
+    assert csf > gm > wm
+
+
+def test_tissue_and_fraction_files_read_back(tmp_path):
+    from mrsynth.data.phantom import TISSUES
+
+    write_dataset(tmp_path / "b", subjects=1, spacing=4.0, seed=5, progress=False)
+    write_dataset(tmp_path / "n", subjects=1, spacing=4.0, seed=5, layout="nnseq2seq", progress=False)
+    subj = simulate_subject(subject_seed(5, 0), spacing=4.0)
+    for root in (tmp_path / "b", tmp_path / "n"):
+        (case,) = list_cases(root)
+        tissue = np.asarray(nib.load(case["tissue"]).dataobj)
+        np.testing.assert_array_equal(tissue, subj.tissue)
+        frac = np.asarray(nib.load(case["fractions"]).dataobj)  # uint8 on disk, scaled back to [0, 1]
+        assert frac.shape == (*subj.label.shape, len(TISSUES))
+        expected = np.stack([subj.fractions[k] for k in TISSUES], -1)
+        assert np.abs(frac - expected).max() <= 0.5 / 255 + 1e-6

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 
+import mlflow
 import nibabel as nib
 import numpy as np
 import pytest
@@ -64,6 +65,27 @@ def test_train_step_loss_is_the_papers_combination():
     sl1_tgt = 2.0 - 0.5  # |d| >= 1: |d| - 0.5
     assert float(out["loss"]) == pytest.approx(10 * (sl1_tgt + sl1_src) + 10 * sl1_src)
     assert float(out["loss_cyc"]) == pytest.approx(sl1_src)
+
+
+def test_train_step_weights_and_skipped_passes():
+    """self_weight weighs the self-reconstruction apart from the target term; a term of weight 0 is
+    not computed at all (one forward pass instead of three)."""
+    src, tgt = torch.full((2, 3, 8, 8), 0.5), torch.full((2, 3, 8, 8), 2.0)
+    calls = []
+
+    def net(x, c):
+        calls.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    out = Seq2SeqTrainStep(rec_weight=10, self_weight=1, cycle_weight=0).losses(
+        net, src, tgt, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    assert calls == [4]  # target and self passes batched together, no cycle pass
+    assert float(out["loss"]) == pytest.approx(10 * 1.5 + 1 * 0.125)
+    assert float(out["loss_target"]) == pytest.approx(1.5) and float(out["loss_self"]) == pytest.approx(0.125)
+    calls.clear()
+    out = Seq2SeqTrainStep(rec_weight=10, self_weight=0, cycle_weight=0).losses(
+        net, src, tgt, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    assert calls == [2] and float(out["loss"]) == pytest.approx(15.0) and float(out["loss_cyc"]) == 0.0
 
 
 def test_perceptual_loss_without_weights_fails_clearly():
@@ -180,3 +202,23 @@ def test_evaluation_outputs(trained_seq2seq, phantom, tmp_path):
     assert set(tr["rank_d"]) <= {"t1", "t1ce", "t2", "flair"} and tr["metrics_used"] == ["psnr", "ssim"]
     for name in regions:
         assert (out / f"contribution_{name}.csv").is_file() and (out / f"contribution_{name}.png").stat().st_size > 1000
+    # scored against the known answer: noiseless target, tissue contrast, remap baseline, oracle, Rician limit
+    for r in rows:
+        assert -1 <= float(r["r_brain"]) <= 1 and -1 <= float(r["affine_r_brain"]) <= 1
+        assert float(r["oracle_r_brain"]) > 0.8  # tissue fractions explain most of a noiseless image (4 mm)
+        assert float(r["limit_rician_psnr"]) > float(r["limit_psnr"])
+        assert float(r["psnr_clean"]) != pytest.approx(float(r["psnr"]), abs=1e-3)
+    t2 = [r for r in rows if r["target"] == "t2"]
+    assert t2 and all(float(r["csf_wm_true"]) > 1.5 for r in t2)  # T2: CSF brighter than WM
+    t1 = [r for r in rows if r["target"] == "t1"]
+    assert t1 and all(float(r["csf_wm_true"]) < 0.8 for r in t1)  # T1: darker
+    assert all("checks" in v for v in summary["pairs"].values())
+    assert "remapped by the best a*x+b" in proc.stdout + proc.stderr
+    grids = sorted((out / "grids").glob("*.png"))
+    assert 1 <= len(grids) <= 2 and grids[0].stat().st_size > 5000
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("seq2seq").experiment_id],
+                                filter_string="tags.mlflow.runName = 'evaluate'")
+    assert "eval_r_brain" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.csv", "summary.json", "grids"} <= logged

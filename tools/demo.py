@@ -59,7 +59,7 @@ def main(argv=None) -> None:
 
     print("\n== 2. train Seq2Seq (any sequence -> any sequence) with the CPU-size quick config; MLflow tracks it")
     train = [py, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/quick.json']",
-             "--dataset_dir", str(out / "train"), "--bundle_root", str(root)]
+             "--dataset_dir", str(out / "train"), "--bundle_root", str(root), "--seed", str(args.seed)]
     if args.epochs:
         train += ["--max_epochs", str(args.epochs)]
     sh("train", train, cwd=bundle)
@@ -76,15 +76,21 @@ def main(argv=None) -> None:
        cwd=bundle)
 
     sys.path.insert(0, str(REPO))
-    from mrsynth.workflows.evaluation import format_table
+    from mrsynth.workflows.evaluation import format_contrast_table, format_table
 
     (out / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     print("\n== Results on 4 unseen phantom subjects (PSNR/SSIM on [-1, 1]; 'copy' = the source itself as the "
           "prediction; 'limit' = the noise floor)")
     print(format_table(summary))
+    print("\n== Does each synthesis show the target's contrast? Inside the brain, against the noiseless target, beside "
+          "the source denoised and remapped by the best a*x+b (fitted on the target) and a tissue oracle:")
+    print(format_contrast_table(summary["pairs"]))
+    grids = sorted((out / "evaluation" / "grids").glob("*.png"))
     print(f"\nsyntheses:      {out / 'synthesized'}")
     print(f"metrics:        {out / 'evaluation' / 'metrics.csv'}, summary.json, contribution.png, maps/")
+    if grids:
+        print(f"pictures:       {grids[0]}  (source | synthesis | truth | difference, every pair; open it to look)")
     print(f"MLflow:         mlflow ui --backend-store-uri sqlite:///{root / 'eval' / 'mlruns.db'}")
     print(f"total time:     {time.time() - t0:.0f} s")
 

@@ -7,6 +7,8 @@ the name of every sequence the case *has* (missing sequences are simply absent, 
 - ``case``: the case id,
 - ``available``: the availability mask over ``sequences`` (list of 0/1, the papers' bitmask),
 - ``seg``: the label map path, where one exists,
+- ``tissue``, ``fractions``: the phantom's tissue map and compartment fractions, where they exist
+  (the evaluation's per-tissue contrast and tissue oracle),
 - ``<seq>_noiseless``: the phantom's noiseless image, where one exists (for the noise-floor limit),
 - ``<seq>_meta``: the JSON sidecar path, where one exists (TUMSyn's prompt fields).
 
@@ -15,7 +17,7 @@ Layouts:
 - BraTS: ``<root>/<case>/<case>_<seq>.nii.gz`` (``t1``, ``t1ce``, ``t2``, ``flair``, ``pd``), ``_seg``.
 - nnSeq2Seq: ``<root>/dataset.json`` (``channel_names``, ``file_ending``),
   ``<root>/imagesTr/<case>_<XXXX><file_ending>``, ``labelsTr/<case><file_ending>``,
-  ``noiselessTr/`` (phantom only).
+  ``noiselessTr/``, ``tissueTr/``, ``fractionsTr/`` (phantom only).
 
 Headers are checked while listing (cheap: no voxel data is read), so a case whose sequences
 disagree in shape or affine fails before any training starts, naming the file.
@@ -126,9 +128,10 @@ def list_brats_cases(root, sequences=BRATS_SEQUENCES, check_geometry: bool = Tru
                 side = case_dir / f"{cid}_{seq}.json"
                 if side.is_file():
                     case[f"{seq}_meta"] = str(side)
-        seg = _find_file(case_dir, f"{cid}_seg")
-        if seg is not None:
-            case["seg"] = str(seg)
+        for key in ("seg", "tissue", "fractions"):
+            f = _find_file(case_dir, f"{cid}_{key}")
+            if f is not None:
+                case[key] = str(f)
         case = _finish_case(case, sequences, case_dir, check_geometry)
         if case is not None:
             cases.append(case)
@@ -192,9 +195,10 @@ def list_nnseq2seq_cases(root, sequences=None, check_geometry: bool = True) -> l
                 side = images / f"{stem}.json"
                 if side.is_file():
                     case[f"{seq}_meta"] = str(side)
-        seg = root / "labelsTr" / f"{cid}{ending}"
-        if seg.is_file():
-            case["seg"] = str(seg)
+        for key, folder in (("seg", "labelsTr"), ("tissue", "tissueTr"), ("fractions", "fractionsTr")):
+            f = root / folder / f"{cid}{ending}"
+            if f.is_file():
+                case[key] = str(f)
         case = _finish_case(case, sequences, images / cid, check_geometry)
         if case is not None:
             cases.append(case)

@@ -19,8 +19,10 @@ with E1 = e^(-TR/T1). Each voxel is a partial-volume mix of six compartments (CS
 necrosis, enhancing tumour, oedema); its signal is the fraction-weighted sum of the
 compartments' signals. Then a smooth multiplicative bias field, a scanner scaling factor and
 Rician noise (sigma = mean noiseless white-matter signal / ``snr``) are applied. The image
-before noise is kept (:attr:`PhantomSubject.noiseless`): PSNR(noiseless, noisy) is the best any
-model can score against the noisy target, the *noise-floor limit*.
+before noise is kept (:attr:`PhantomSubject.noiseless`): PSNR(noiseless, noisy) is the
+*noise-floor limit*, and the expected Rician magnitude of the noiseless image (a higher bar, see
+:func:`mrsynth.metrics.rician_mean`) the best prediction of the noisy target. The tissue map
+(:attr:`PhantomSubject.tissue`) and the compartment fractions are the known answer for contrast.
 
 Everything is deterministic given the arguments. Random numbers come from
 ``numpy.random.default_rng`` streams keyed on the seed, one stream per purpose (anatomy,
@@ -50,6 +52,7 @@ __all__ = [
     "TISSUE_PARAMETERS",
     "GD_RELAXIVITY",
     "LABELS",
+    "TISSUE_CODES",
     "PhantomSubject",
     "load_anatomy",
     "simulate_subject",
@@ -94,6 +97,9 @@ GD_RELAXIVITY: dict[float, float] = {1.5: 4.1, 3.0: 3.7}
 
 # Label values of the segmentation (BraTS convention).
 LABELS: dict[str, int] = {"background": 0, "necrotic": 1, "oedema": 2, "enhancing": 4}
+# Codes of the tissue map (the dominant compartment of each brain voxel), in TISSUES order + 1;
+# mrsynth.metrics.TISSUE_CLASSES names them for the evaluation.
+TISSUE_CODES: dict[str, int] = {"csf": 1, "gm": 2, "wm": 3, "necrosis": 4, "enhancing": 5, "oedema": 6}
 
 MODALITY = {"t1": "T1w", "t1ce": "T1Gd", "t2": "T2w", "flair": "FLAIR", "pd": "PDw"}
 ACQUISITION = {
@@ -125,6 +131,9 @@ class PhantomSubject:
         sidecars: sequence -> acquisition metadata (the fields of a TUMSyn prompt: age, sex,
             scanner, modality, voxel size, TR, TE, TI, FA; plus field strength, vendor, snr).
         brain_mask: bool ``(X, Y, Z)``, voxels at least half brain tissue.
+        tissue: uint8 ``(X, Y, Z)``: the dominant compartment of every brain voxel, codes of
+            :data:`TISSUE_CODES` (1 CSF, 2 GM, 3 WM, 4 necrotic core, 5 enhancing rim, 6 oedema),
+            0 outside ``brain_mask``: the classes the evaluation measures contrast on.
         fractions: compartment -> partial-volume fraction, float32 ``(X, Y, Z)``, for the
             compartments in :data:`TISSUES` (the ground truth behind ``label``).
         noise_sigma: sequence -> standard deviation of the Gaussian noise in each channel.
@@ -138,6 +147,7 @@ class PhantomSubject:
     affine: np.ndarray
     sidecars: dict[str, dict]
     brain_mask: np.ndarray
+    tissue: np.ndarray | None = None
     fractions: dict[str, np.ndarray] = field(default_factory=dict)
     noise_sigma: dict[str, float] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
@@ -567,6 +577,8 @@ def simulate_subject(
     label = np.array([0, 1, 4, 2], dtype=np.uint8)[stack.argmax(0)]
     label[~brain_mask] = 0
     del stack
+    tissue = (np.stack([fractions[k] for k in TISSUES]).argmax(0) + 1).astype(np.uint8)
+    tissue[~brain_mask] = 0
 
     # --- noise: Rician, sigma from the mean noiseless white-matter signal ---------------------
     wm_region = fractions["wm"] >= 0.9
@@ -621,6 +633,7 @@ def simulate_subject(
         affine=out_affine,
         sidecars=sidecars,
         brain_mask=brain_mask,
+        tissue=tissue,
         fractions=fractions,
         noise_sigma=sigmas,
         info=info,
@@ -649,6 +662,21 @@ def _kept_sequences(sub_seed: int, sequences: tuple[str, ...], drop_max: int) ->
     return tuple(s for i, s in enumerate(sequences) if i not in dropped)
 
 
+def save_fractions(subject: PhantomSubject, dest) -> Path:
+    """Write the compartment fractions as one 4D NIfTI ``(X, Y, Z, 6)`` in :data:`TISSUES` order,
+    stored as uint8 with a scale slope of 1/255 (readers get floats in [0, 1], to 1/510)."""
+    import nibabel as nib
+
+    from ..io import atomic_path
+
+    q = np.stack([subject.fractions[k] for k in TISSUES], axis=-1)
+    img = nib.Nifti1Image(np.round(np.clip(q, 0, 1) * 255).astype(np.uint8), np.asarray(subject.affine, np.float64))
+    img.header.set_slope_inter(1.0 / 255.0, 0.0)
+    with atomic_path(dest) as tmp:
+        nib.save(img, str(tmp))
+    return Path(dest)
+
+
 def write_dataset(
     out,
     subjects: int,
@@ -667,9 +695,12 @@ def write_dataset(
 
     Layouts:
         ``"brats"``: ``<out>/<case>/<case>_<seq>.nii.gz`` (noisy), ``<case>_<seq>_noiseless.nii.gz``,
-        ``<case>_<seq>.json`` (sidecar), ``<case>_seg.nii.gz``.
+        ``<case>_<seq>.json`` (sidecar), ``<case>_seg.nii.gz``, ``<case>_tissue.nii.gz`` (tissue map,
+        :data:`TISSUE_CODES`), ``<case>_fractions.nii.gz`` (compartment fractions, see
+        :func:`save_fractions`).
         ``"nnseq2seq"``: ``<out>/dataset.json``, ``<out>/imagesTr/<case>_<XXXX>.nii.gz`` (+ ``.json``
-        sidecar), ``<out>/noiselessTr/<case>_<XXXX>.nii.gz``, ``<out>/labelsTr/<case>.nii.gz``;
+        sidecar), ``<out>/noiselessTr/<case>_<XXXX>.nii.gz``, ``<out>/labelsTr/<case>.nii.gz``,
+        ``<out>/tissueTr/<case>.nii.gz``, ``<out>/fractionsTr/<case>.nii.gz``;
         ``XXXX`` is the sequence's position in ``sequences``.
         Both also get ``<out>/phantom.json`` (generation parameters, cases, missing sequences).
 
@@ -703,6 +734,8 @@ def write_dataset(
                 save_nifti(subj.noiseless[s], subj.affine, folder / f"{case}_{s}_noiseless.nii.gz")
                 save_json(subj.sidecars[s], folder / f"{case}_{s}.json")
             save_nifti(subj.label, subj.affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
+            save_nifti(subj.tissue, subj.affine, folder / f"{case}_tissue.nii.gz", dtype=np.uint8)
+            save_fractions(subj, folder / f"{case}_fractions.nii.gz")
         else:
             for s in kept:
                 stem = f"{case}_{sequences.index(s):04d}"
@@ -710,6 +743,8 @@ def write_dataset(
                 save_json(subj.sidecars[s], out / "imagesTr" / f"{stem}.json")
                 save_nifti(subj.noiseless[s], subj.affine, out / "noiselessTr" / f"{stem}.nii.gz")
             save_nifti(subj.label, subj.affine, out / "labelsTr" / f"{case}.nii.gz", dtype=np.uint8)
+            save_nifti(subj.tissue, subj.affine, out / "tissueTr" / f"{case}.nii.gz", dtype=np.uint8)
+            save_fractions(subj, out / "fractionsTr" / f"{case}.nii.gz")
 
     if layout == "nnseq2seq":
         save_json(

@@ -10,8 +10,9 @@ Per batch (``image`` = source, ``label`` = target, codes per sample):
 
 - ``out_tgt = G(src, code_tgt)``, ``out_src = G(src, code_src)`` (one call, batch concatenated),
 - ``out_cyc = G(out_tgt, code_src)``,
-- ``loss = rec_weight * (L(out_tgt, tgt) + L(out_src, src)) + cycle_weight * L(out_cyc, src)
-  + perceptual_weight * (P(out_tgt, tgt) + P(out_src, src))`` with ``L`` = SmoothL1.
+- ``loss = rec_weight * (L(out_tgt, tgt) + self_weight / rec_weight * L(out_src, src))
+  + cycle_weight * L(out_cyc, src) + perceptual_weight * (P(out_tgt, tgt) + P(out_src, src))``
+  with ``L`` = SmoothL1 (the paper: ``self_weight = rec_weight = cycle_weight = 10``).
 """
 
 from __future__ import annotations
@@ -46,13 +47,18 @@ class Seq2SeqTrainStep(TrainStep):
     """One Seq2Seq optimisation step: target, self-reconstruction and cycle passes.
 
     Args:
-        rec_weight: weight of the target and self-reconstruction SmoothL1 terms (paper: 10).
+        rec_weight: weight of the target term ``G(src, tgt)`` vs ``tgt`` (paper: 10).
         cycle_weight: weight of the cycle term ``G(G(src, tgt), src)`` vs ``src`` (paper: 10).
         perceptual_weight: weight of the perceptual term (paper: 0.01; 0 disables it).
         perceptual_loss: a callable ``(pred, target) -> loss``; built lazily with
             :func:`build_perceptual_loss` when ``perceptual_weight > 0`` and none is given.
         beta: SmoothL1's transition point.
         spatial_dims: for the perceptual network.
+        self_weight: weight of the self-reconstruction term ``G(src, src)`` vs ``src``; ``None``
+            (default) = ``rec_weight``, as in the paper. The self and cycle terms are both
+            satisfied by copying the input: weighted like the target term they hold a small
+            model near the identity (measured in the Seq2Seq bundle's docs), so the CPU recipe
+            lowers them.
 
     Returns (as ``engine.state.output``): ``image``, ``label``, ``pred`` (= ``out_tgt``),
     ``loss`` and the detached parts ``loss_rec``, ``loss_cyc``, ``loss_perceptual``.
@@ -66,37 +72,45 @@ class Seq2SeqTrainStep(TrainStep):
         perceptual_loss=None,
         beta: float = 1.0,
         spatial_dims: int = 2,
+        self_weight: float | None = None,
     ) -> None:
         self.rec_weight, self.cycle_weight, self.perceptual_weight = rec_weight, cycle_weight, perceptual_weight
+        self.self_weight = rec_weight if self_weight is None else float(self_weight)
         self.loss = torch.nn.SmoothL1Loss(beta=beta)
         self.perceptual_loss = perceptual_loss
         if perceptual_weight > 0 and perceptual_loss is None:
             self.perceptual_loss = build_perceptual_loss(spatial_dims)
 
-    @staticmethod
-    def passes(net, src, src_code, tgt_code) -> tuple:
-        """The three passes of the plain network: ``(out_tgt, out_src, out_cyc)``."""
+    def passes(self, net, src, src_code, tgt_code) -> tuple:
+        """The passes of the plain network: ``(out_tgt, out_src, out_cyc)``. A pass whose term
+        has weight 0 is not run (``None``): the step then costs one forward instead of three."""
         n = src.shape[0]
-        both = net(torch.cat([src, src]), torch.cat([tgt_code, src_code]))
-        out_tgt, out_src = both[:n], both[n:]
-        out_cyc = net(out_tgt, src_code)
+        if self.self_weight:
+            both = net(torch.cat([src, src]), torch.cat([tgt_code, src_code]))
+            out_tgt, out_src = both[:n], both[n:]
+        else:
+            out_tgt, out_src = net(src, tgt_code), None
+        out_cyc = net(out_tgt, src_code) if self.cycle_weight else None
         return out_tgt, out_src, out_cyc
 
     def losses(self, network, src, tgt, src_code, tgt_code) -> dict:
-        """Compute the three passes and the loss terms (no optimiser step).
+        """Compute the passes and the loss terms (no optimiser step).
 
         Under ``DistributedDataParallel`` the passes run as one forward of the wrapper
         (:func:`~mrsynth.engines.base.run_as_forward`); the result is the same."""
         out_tgt, out_src, out_cyc = run_as_forward(network, self.passes, src, src_code, tgt_code)
-        rec = self.loss(out_tgt, tgt) + self.loss(out_src, src)
-        cyc = self.loss(out_cyc, src)
-        total = self.rec_weight * rec + self.cycle_weight * cyc
-        perc = torch.zeros((), device=src.device)
+        zero = torch.zeros((), device=src.device)
+        tgt_term = self.loss(out_tgt, tgt)
+        self_term = self.loss(out_src, src) if out_src is not None else zero
+        cyc = self.loss(out_cyc, src) if out_cyc is not None else zero
+        rec = tgt_term + self_term
+        total = self.rec_weight * tgt_term + self.self_weight * self_term + self.cycle_weight * cyc
+        perc = zero
         if self.perceptual_weight > 0:
-            perc = self.perceptual_loss(out_tgt, tgt) + self.perceptual_loss(out_src, src)
+            perc = self.perceptual_loss(out_tgt, tgt) + (self.perceptual_loss(out_src, src) if out_src is not None else 0)
             total = total + self.perceptual_weight * perc
-        return {"pred": out_tgt, "loss": total, "loss_rec": rec.detach(), "loss_cyc": cyc.detach(),
-                "loss_perceptual": perc.detach()}
+        return {"pred": out_tgt, "loss": total, "loss_rec": rec.detach(), "loss_target": tgt_term.detach(),
+                "loss_self": self_term.detach(), "loss_cyc": cyc.detach(), "loss_perceptual": perc.detach()}
 
     def compute(self, network, batch: dict) -> dict:
         return self.losses(network, batch[Keys.IMAGE], batch[Keys.LABEL], batch["src_code"], batch["tgt_code"])

@@ -1,5 +1,6 @@
 """Metrics of the papers: PSNR (whole crop and foreground-masked), SSIM, LPIPS (when its
-ImageNet weights exist), the phantom's noise-floor limit, the sequence-contribution ranking
+ImageNet weights exist), the phantom's noise-floor limit (noiseless and Rician-mean),
+per-tissue contrast against the known answer with a denoise-and-remap baseline and a tissue oracle, the sequence-contribution ranking
 and imaging-differentiation maps.
 
 All image metrics take numpy arrays or torch tensors on the ``[-1, 1]`` scale (``data_range``
@@ -9,7 +10,9 @@ All image metrics take numpy arrays or torch tensors on the ``[-1, 1]`` scale (`
 from .contribution import contribution_matrix, contribution_ranking, pair_means, write_contribution
 from .image import noise_floor_psnr, normalize_like_paper, per_slice, psnr, ssim, ssim_map, to_numpy
 from .lpips import LPIPS, check_lpips_weights, lpips_backbone_path, lpips_or_none
-from .maps import differentiation_map, save_map_preview
+from .contrast import (LESION_CLASSES, RATIOS, TISSUE_CLASSES, affine_remap_baseline, contrast_ratios, pearson_r,
+                       rician_mean, rician_sigma, synthesis_checks, tissue_means, tissue_oracle)
+from .maps import differentiation_map, save_map_preview, save_pair_grid
 
 __all__ = [
     "psnr",
@@ -29,4 +32,16 @@ __all__ = [
     "write_contribution",
     "differentiation_map",
     "save_map_preview",
+    "save_pair_grid",
+    "TISSUE_CLASSES",
+    "LESION_CLASSES",
+    "RATIOS",
+    "pearson_r",
+    "tissue_means",
+    "contrast_ratios",
+    "affine_remap_baseline",
+    "tissue_oracle",
+    "rician_mean",
+    "rician_sigma",
+    "synthesis_checks",
 ]

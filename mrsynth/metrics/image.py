@@ -105,10 +105,12 @@ def psnr(pred, target, data_range: float = 2.0, mask=None) -> float:
 def noise_floor_psnr(noiseless, noisy, data_range: float = 2.0, mask=None) -> float:
     """The noise-floor limit: PSNR of the phantom's noiseless image against the noisy target.
 
-    A model is scored against the *noisy* acquired target; the best it can do is predict the
-    noiseless anatomy, and then its error is exactly the acquisition noise. So this value is
-    the highest PSNR any model can be expected to reach against that target; report every
-    result beside it. It is the same formula as :func:`psnr` (``noiseless`` plays ``pred``).
+    A model is scored against the *noisy* acquired target; predicting the noiseless anatomy leaves
+    exactly the acquisition noise as error. It is *not* the highest PSNR a model can reach: a
+    magnitude image's noise is Rician, biased upwards where the signal is low (the background), and
+    the expected magnitude (:func:`mrsynth.metrics.rician_mean`) predicts the noisy target better;
+    the evaluations report that limit beside this one (``limit_rician_psnr``). It is the same
+    formula as :func:`psnr` (``noiseless`` plays ``pred``).
 
     Args:
         noiseless: noiseless image, shape ``S``, on the same ``[-1, 1]`` scale as ``noisy``

@@ -1,4 +1,5 @@
-"""Imaging-differentiation maps of the Seq2Seq paper and a PNG preview of any map.
+"""Imaging-differentiation maps of the Seq2Seq paper, a PNG preview of any map, and the picture
+grid of an evaluation (source, synthesis, truth, difference per pair).
 
 For a target sequence ``t`` the map is ``M_d = (1/|S|) sum_{s in S} |G(s -> t) - t|``, the mean
 absolute synthesis error over all sources ``s`` (``t`` itself included when present, as in the
@@ -16,7 +17,7 @@ from ..errors import DataError
 from ..io import atomic_path
 from .image import _drop_leading_singletons, _mask_like, to_numpy
 
-__all__ = ["differentiation_map", "save_map_preview"]
+__all__ = ["differentiation_map", "save_map_preview", "save_pair_grid"]
 
 
 def differentiation_map(synth_by_source: Mapping[str, object], target, mask=None) -> np.ndarray:
@@ -100,6 +101,62 @@ def save_map_preview(volume, png_path, title: str | None = None, axis: int = -1,
     fig.colorbar(im, ax=axes, shrink=0.85)
     if title:
         fig.suptitle(title)
+    png_path = Path(png_path)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    return png_path
+
+
+def save_pair_grid(rows, png_path, title: str | None = None, diff_range: float = 0.5) -> Path:
+    """Save a picture grid: one row per (source, target) pair, columns source, synthesis, truth
+    and difference (synthesis - truth).
+
+    Args:
+        rows: a list of ``(label, source, synthesis, truth)``: ``label`` a string (e.g.
+            ``"t1 -> t2"``), the images 2D slices on the ``[-1, 1]`` scale (the source may be
+            ``None`` for a many-to-one synthesis, or a list of slices, shown side by side).
+        png_path: destination ``.png`` (written atomically).
+        title: figure title.
+        diff_range: the difference is shown on ``[-diff_range, diff_range]`` (blue-red).
+
+    Grey levels: every image is shown on ``[-1, v]`` with ``v`` its own 99.5th percentile, so a
+    dark sequence is not lost; the difference panel shares the truth's scale.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("save_pair_grid: no rows")
+    fig = Figure(figsize=(2.2 * 4 + 0.6, 2.3 * len(rows) + 0.4), dpi=90)
+    FigureCanvasAgg(fig)
+
+    def show(ax, img, cmap="gray", vmin=-1.0, vmax=None):
+        img = _drop_leading_singletons(to_numpy(img))
+        if vmax is None:
+            vmax = max(float(np.percentile(img, 99.5)), vmin + 1e-3)
+        ax.imshow(img.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for i, (label, src, syn, truth) in enumerate(rows):
+        axes = [fig.add_subplot(len(rows), 4, 4 * i + k + 1) for k in range(4)]
+        if src is None:
+            axes[0].set_axis_off()
+        else:
+            srcs = src if isinstance(src, (list, tuple)) else [src]
+            show(axes[0], np.concatenate([_drop_leading_singletons(to_numpy(s)) for s in srcs], axis=0))
+        show(axes[1], syn)
+        show(axes[2], truth)
+        diff = _drop_leading_singletons(to_numpy(syn)) - _drop_leading_singletons(to_numpy(truth))
+        show(axes[3], diff, cmap="RdBu_r", vmin=-diff_range, vmax=diff_range)
+        axes[0].set_ylabel(label, fontsize="small")
+        if i == 0:
+            for ax, name in zip(axes, ("source", "synthesis", "truth (noiseless)", "synthesis - truth")):
+                ax.set_title(name, fontsize="small")
+    top = 1.0 - 0.35 / fig.get_figheight() if title else 1.0
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1, top))
     png_path = Path(png_path)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")

@@ -99,9 +99,11 @@ class _PairBase(MapTransform):
 class RandSequencePaird(Randomizable, _PairBase):
     """Draw ``num_samples`` (source, target, slice) triples from one case.
 
-    Source and target are drawn independently and uniformly among the case's available
-    sequences (they may coincide, as in the Seq2Seq paper); the axial slice uniformly among the
-    central ``central_slices`` (the paper keeps the central 128).
+    By default source and target are drawn independently and uniformly among the case's available
+    sequences (they may coincide, as in the Seq2Seq paper); with ``identity_prob`` the target
+    equals the source with that probability and is otherwise drawn among the *other* available
+    sequences (a case with one sequence always gives the identity). The axial slice is drawn
+    uniformly among the central ``central_slices`` (the paper keeps the central 128).
 
     Args:
         sequences: sequence names in code order (the index of a name is its target code).
@@ -109,14 +111,32 @@ class RandSequencePaird(Randomizable, _PairBase):
         num_samples: samples per call; a list is returned, which MONAI's DataLoader flattens.
         central_slices: restrict slices to the central N (``None`` = all).
         extra: key suffixes cut alongside (``"noiseless"`` adds ``image_noiseless``/``label_noiseless``).
+        identity_prob: probability of a (source, source) pair; ``None`` (default): independent
+            uniform draws, i.e. ``1 / n`` for a case with ``n`` sequences. Identity pairs teach
+            nothing about translation and, with the step's self-reconstruction and cycle terms,
+            pull a small model towards copying its input (``bundles/seq2seq/docs/README.md``).
 
     Returns:
         a list of ``num_samples`` dicts (see the module docstring for keys).
     """
 
-    def __init__(self, sequences, num_slices: int = 3, num_samples: int = 1, central_slices=None, extra=()):
+    def __init__(self, sequences, num_slices: int = 3, num_samples: int = 1, central_slices=None, extra=(),
+                 identity_prob: float | None = None):
         _PairBase.__init__(self, sequences, num_slices, central_slices, extra)
         self.num_samples = int(num_samples)
+        if identity_prob is not None and not 0.0 <= float(identity_prob) <= 1.0:
+            raise ValueError(f"identity_prob must lie in [0, 1] (or be None), got {identity_prob}")
+        self.identity_prob = None if identity_prob is None else float(identity_prob)
+
+    def draw_pair(self, avail: list[int]) -> tuple[int, int]:
+        """A (source, target) pair of code indices among ``avail``."""
+        src = int(self.R.choice(avail))
+        if self.identity_prob is None:
+            return src, int(self.R.choice(avail))
+        others = [i for i in avail if i != src]
+        if not others or self.R.random_sample() < self.identity_prob:
+            return src, src
+        return src, int(self.R.choice(others))
 
     def randomize(self, data=None) -> None:  # draws happen per sample in __call__
         pass
@@ -126,7 +146,7 @@ class RandSequencePaird(Randomizable, _PairBase):
         avail, lo, hi = self._window(d)
         out = []
         for _ in range(self.num_samples):
-            src, tgt = (int(self.R.choice(avail)) for _ in range(2))
+            src, tgt = self.draw_pair(avail)
             center = int(self.R.randint(lo, hi)) if self.num_slices else -1
             out.append(self._sample(d, src, tgt, center))
         return out

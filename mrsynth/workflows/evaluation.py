@@ -16,7 +16,15 @@ Outputs in ``output_dir``:
   ``contribution_<region>.csv`` / ``.png``: the ranking from that region alone, where the
   sequences differ in what they show (whole-volume metrics are dominated by global contrast and
   background);
-- ``maps/<case>_<target>_diffmap.nii.gz`` (+ ``.png`` previews for the first cases).
+- ``maps/<case>_<target>_diffmap.nii.gz`` (+ ``.png`` previews for the first cases);
+- where the phantom's known answer exists (noiseless images, ``tissue`` map, ``fractions``),
+  the columns of :data:`CONTRAST_COLUMNS`: scores against the *noiseless* target (whole volume
+  and inside the brain), Pearson ``r_brain``, the tissue/WM contrast ratios of the synthesis
+  beside the truth's, the denoise-and-remap baseline (``affine_*``), the tissue oracle
+  (``oracle_*``) and the Rician-mean limit; the summary's ``checks`` say per pair whether the
+  synthesis clears the bars of :func:`~mrsynth.metrics.synthesis_checks`;
+- ``grids/<case>.png``: source, synthesis, truth and difference for every pair (first cases);
+- with ``tracking_uri``, all of it logged to an MLflow run (``run_name`` ``evaluate``).
 """
 
 from __future__ import annotations
@@ -34,17 +42,23 @@ from scipy.ndimage import binary_fill_holes
 from skimage.filters import threshold_otsu
 
 from ..io import atomic_path, save_json, save_nifti
-from ..metrics import (LPIPS, contribution_ranking, differentiation_map, psnr, save_map_preview, ssim, ssim_map,
-                       write_contribution)
+from ..metrics import (LPIPS, RATIOS, affine_remap_baseline, contrast_ratios, contribution_ranking,
+                       differentiation_map, pearson_r, psnr, rician_mean, rician_sigma, save_map_preview, save_pair_grid,
+                       ssim, ssim_map, synthesis_checks, tissue_oracle, write_contribution)
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled
 from .synthesis import load_weights, synthesize_volume
 
-__all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_table", "mean_of", "COLUMNS", "LESION"]
+__all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_table", "format_contrast_table", "mean_of",
+           "COLUMNS", "CONTRAST_COLUMNS", "LESION"]
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["case", "source", "target", "psnr", "ssim", "psnr_fg", "lpips", "limit_psnr", "limit_psnr_fg",
            "copy_psnr", "copy_ssim"]
+#: scores against the known answer (empty where a case has no noiseless image / tissue map)
+CONTRAST_COLUMNS = (["psnr_clean", "psnr_clean_brain", "r_brain", "affine_psnr_clean_brain", "affine_r_brain",
+                     "oracle_psnr_clean_brain", "oracle_r_brain", "limit_rician_psnr"]
+                    + [f"{c}_wm{sfx}" for c in RATIOS for sfx in ("", "_true")])
 #: the default evaluation region: the whole lesion (any label > 0)
 LESION = {"tumour": None}
 
@@ -73,19 +87,36 @@ class VolumeEvaluation:
     regions: dict = LESION
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
-                 map_previews: int = 2, regions: dict | None = None):
+                 map_previews: int = 2, regions: dict | None = None, preprocessing=None,
+                 tracking_uri: str | None = None, experiment_name: str = "evaluation"):
         self.network, self.inferer = network, inferer
+        self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         if regions is not None:
             self.regions = {str(k): (None if v is None else [int(x) for x in v]) for k, v in dict(regions).items()}
         self.sequences = [s.lower() for s in sequences]
         self.cases, self.output_dir = list(cases), Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.map_previews = int(map_previews)
+        self.preprocessing = self.build_preprocessing(preprocessing)
+        self._oracles: dict = {}
+
+    def build_preprocessing(self, load_transforms=None) -> Compose:
+        """Loading and normalisation of a case for scoring.
+
+        ``load_transforms`` is the bundle's own (``train.json``'s ``load_transforms``: a
+        :class:`LoadSequencesd` then a :class:`ScalePercentiled` over the sequences): its
+        normalisation settings are reused, extended to the noiseless twins (scaled with their noisy
+        image's range, so the two stay comparable), the label and the phantom's tissue maps.
+        ``None`` uses the papers' scaling (:data:`~mrsynth.transforms.PAPER`)."""
+        scale = dict(PAPER)
+        for t in (load_transforms or []):
+            if isinstance(t, ScalePercentiled):
+                scale = dict(lower_percentile=t.lower_percentile, upper_percentile=t.upper_percentile,
+                             upper_factor=t.upper_factor, b_min=t.b_min, b_max=t.b_max)
         noiseless = [f"{s}_noiseless" for s in self.sequences]
-        self.preprocessing = Compose([
-            LoadSequencesd(self.sequences + noiseless + ["seg"]),
-            ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences,
-                             **PAPER),
+        return Compose([
+            LoadSequencesd(self.sequences + noiseless + ["seg", "tissue", "fractions"]),
+            ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences, **scale),
         ])
 
     def prepare(self) -> None:
@@ -108,7 +139,74 @@ class VolumeEvaluation:
         for name, labels in self.regions.items():
             m = None if seg is None else (seg > 0 if labels is None else np.isin(seg, list(labels)))
             d["regions"][name] = m if m is not None and m.any() else None
-        return d, avail, vols, clean, foreground_mask(list(clean.values()) or list(vols.values()))
+        head = foreground_mask(list(clean.values()) or list(vols.values()))
+        d["tissue"] = np.rint(np.asarray(d["tissue"][0])).astype(np.int16) if "tissue" in d else None
+        d["fractions"] = np.asarray(d["fractions"]) if "fractions" in d else None
+        # where contrast is measured: the brain (tissue map) where the phantom wrote one, else the head
+        d["brain"] = d["tissue"] > 0 if d["tissue"] is not None and (d["tissue"] > 0).any() else head
+        return d, avail, vols, clean, head
+
+    def contrast_scores(self, case_id: str, pred: np.ndarray, sources: list[np.ndarray], t: str, vols: dict,
+                        clean: dict, d: dict) -> dict:
+        """The :data:`CONTRAST_COLUMNS` of one synthesis ``pred`` of target ``t`` from the
+        normalised ``sources`` (one or several volumes), against the known answer. Empty where
+        the case has no noiseless target."""
+        if t not in clean:
+            return {}
+        truth, brain, tissue = clean[t], d["brain"], d["tissue"]
+        out = {"psnr_clean": psnr(pred, truth), "psnr_clean_brain": psnr(pred, truth, mask=brain),
+               "r_brain": pearson_r(pred, truth, brain)}
+        base, _ = affine_remap_baseline(sources, vols[t], brain)
+        out["affine_psnr_clean_brain"] = psnr(base, truth, mask=brain)
+        out["affine_r_brain"] = pearson_r(base, truth, brain)
+        key = (case_id, t)
+        if key not in self._oracles:
+            o = {"limit_rician_psnr": psnr(rician_mean(truth, rician_sigma(vols[t], truth)), vols[t])}
+            if d["fractions"] is not None:
+                orc = tissue_oracle(d["fractions"], truth, brain)
+                o.update(oracle_psnr_clean_brain=psnr(orc, truth, mask=brain), oracle_r_brain=pearson_r(orc, truth, brain))
+            self._oracles[key] = o
+        out.update(self._oracles[key])
+        if tissue is not None:
+            for name, v in contrast_ratios(pred, truth, tissue).items():
+                c = name.split("/")[0]
+                out[f"{c}_wm"], out[f"{c}_wm_true"] = v["pred"], v["true"]
+        return out
+
+    @staticmethod
+    def grid_slice(d: dict, ref: np.ndarray) -> int:
+        """The axial slice shown in the picture grids: the one with the most lesion where the
+        case has a label map, else the one with the most brain."""
+        seg = np.asarray(d["seg"][0]) if "seg" in d else None
+        if seg is not None and (seg > 0).any():
+            return int((seg > 0).sum(axis=(0, 1)).argmax())
+        if d.get("brain") is not None:
+            return int(np.asarray(d["brain"]).sum(axis=(0, 1)).argmax())
+        return ref.shape[-1] // 2
+
+    def save_grid(self, case_id: str, rows: list, title: str) -> None:
+        if rows:
+            save_pair_grid(rows, self.output_dir / "grids" / f"{case_id}.png", title=title)
+
+    def log_to_mlflow(self, summary: dict) -> None:
+        """Log the summary's overall means and the output files to an MLflow run named
+        ``evaluate`` (only with ``tracking_uri``)."""
+        if not self.tracking_uri:
+            return
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_experiment(self.experiment_name)
+        with mlflow.start_run(run_name="evaluate"):
+            metrics = {f"eval_{k}": float(v) for k, v in (summary.get("overall") or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            if metrics:
+                mlflow.log_metrics(metrics)
+            for f in sorted(self.output_dir.glob("*.csv")) + sorted(self.output_dir.glob("*.json")) + \
+                    sorted(self.output_dir.glob("*.png")):
+                mlflow.log_artifact(str(f))
+            if (self.output_dir / "grids").is_dir():
+                mlflow.log_artifacts(str(self.output_dir / "grids"), artifact_path="grids")
 
     def run(self) -> dict:
         self.prepare()
@@ -120,6 +218,7 @@ class VolumeEvaluation:
         summary = self.summarize(rows)
         save_json(summary, self.output_dir / "summary.json")
         logger.info("\n%s", self.format(summary))
+        self.log_to_mlflow(summary)
         return summary
 
     def write_csv(self, rows: list[dict], path) -> None:
@@ -127,7 +226,7 @@ class VolumeEvaluation:
             w = csv.writer(f)
             w.writerow(self.columns)
             for r in rows:
-                w.writerow([r[c] if isinstance(r[c], (str, int)) else _fmt(r[c]) for c in self.columns])
+                w.writerow([r.get(c) if isinstance(r.get(c), (str, int)) else _fmt(r.get(c)) for c in self.columns])
 
     def save_map(self, volume, affine, name: str, preview: bool, title: str) -> None:
         out = self.output_dir / "maps" / f"{name}.nii.gz"
@@ -171,18 +270,21 @@ class PairwiseEvaluation(VolumeEvaluation):
     """
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
-                 lpips_net: str | None = "alex", map_previews: int = 2, regions: dict | None = None):
-        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions)
+                 lpips_net: str | None = "alex", map_previews: int = 2, regions: dict | None = None,
+                 preprocessing=None, tracking_uri: str | None = None, experiment_name: str = "evaluation"):
+        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions,
+                         preprocessing, tracking_uri, experiment_name)
         self.lpips = LPIPS(lpips_net, device=str(self.device)) if lpips_net else None
-        self.columns = COLUMNS + [f"{m}_{name}" for name in self.regions for m in ("psnr", "ssim")]
+        self.columns = COLUMNS + [f"{m}_{name}" for name in self.regions for m in ("psnr", "ssim")] + CONTRAST_COLUMNS
 
     def format(self, summary: dict) -> str:
-        return format_table(summary)
+        return format_table(summary) + "\n" + format_contrast_table(summary["pairs"])
 
     def evaluate_case(self, case: dict, preview: bool = False) -> list[dict]:
         d, avail, vols, clean, mask = self.load(case)
         cid = case["case"]
-        rows = []
+        rows, grid = [], []
+        z = self.grid_slice(d, vols[avail[0]])
         for t in avail:
             code = self.sequences.index(t)
             preds = {s: synthesize_volume(self.network, self.inferer, d[s], code, self.device)[0].numpy()
@@ -204,9 +306,13 @@ class PairwiseEvaluation(VolumeEvaluation):
                     "limit_psnr": psnr(clean[t], tgt) if t in clean else None,
                     "limit_psnr_fg": psnr(clean[t], tgt, mask=mask) if t in clean else None,
                     "copy_psnr": psnr(vols[s], tgt), "copy_ssim": ssim(vols[s], tgt, axis=-1), **regional,
+                    **self.contrast_scores(cid, p, [vols[s]], t, vols, clean, d),
                 })
+                if preview:
+                    grid.append((f"{s} -> {t}", vols[s][..., z], p[..., z], clean.get(t, tgt)[..., z]))
             self.save_map(differentiation_map(preds, tgt), d[t].affine, f"{cid}_{t}_diffmap", preview,
                           f"{cid}: differentiation map of {t}")
+        self.save_grid(cid, grid, f"{cid}, axial slice {z}: source, synthesis, truth, difference")
         return rows
 
     def summarize(self, rows: list[dict]) -> dict:
@@ -219,6 +325,8 @@ class PairwiseEvaluation(VolumeEvaluation):
                 rs = [r for r in rows if r["source"] == s and r["target"] == t]
                 if rs:
                     pairs[f"{s}->{t}"] = {"n": len(rs), **{k: mean(rs, k) for k in keys}}
+                    if pairs[f"{s}->{t}"].get("r_brain") is not None:
+                        pairs[f"{s}->{t}"]["checks"] = synthesis_checks(pairs[f"{s}->{t}"])
         summary = {
             "cases": len({r["case"] for r in rows}),
             "pairs": pairs,
@@ -256,16 +364,43 @@ class PairwiseEvaluation(VolumeEvaluation):
         }
 
 
+def format_contrast_table(groups: dict) -> str:
+    """A plain-text table of the scores against the known answer, one line per group (pair, or
+    target and number of inputs): PSNR against the noiseless target inside the brain, ``r``
+    inside the brain, both for the denoise-and-remap baseline and the tissue oracle, the worst
+    contrast-ratio error and whether the bars are cleared."""
+    rows = {k: v for k, v in groups.items() if v.get("r_brain") is not None}
+    if not rows:
+        return "no known answer (noiseless images and tissue maps) to score contrast against"
+    lines = [f"{'':<16}{'PSNRc':>7}{'affine':>7}{'r':>7}{'affine':>7}{'oracle':>7}  {'worst ratio error':<22}{'bars':>5}"]
+    for name, v in rows.items():
+        errs = {c: v[f"{c}_wm"] / v[f"{c}_wm_true"] - 1 for c in RATIOS
+                if v.get(f"{c}_wm") is not None and v.get(f"{c}_wm_true")}
+        worst = max(errs, key=lambda c: abs(errs[c])) if errs else None
+        w = f"{worst}/wm {errs[worst]:+.0%}" if worst else ""
+        chk = v.get("checks") or synthesis_checks(v)
+        f = lambda x: f"{x:>7.2f}" if x is not None else f"{'':>7}"  # noqa: E731
+        r = lambda x: f"{x:>7.3f}" if x is not None else f"{'':>7}"  # noqa: E731
+        lines.append(f"{name:<16}{f(v.get('psnr_clean_brain'))}{f(v.get('affine_psnr_clean_brain'))}"
+                     f"{r(v.get('r_brain'))}{r(v.get('affine_r_brain'))}{r(v.get('oracle_r_brain'))}  {w:<22}"
+                     f"{'ok' if chk['all'] else 'FAIL':>5}")
+    lines.append("PSNRc: PSNR against the noiseless target inside the brain; affine: the source denoised and "
+                 "remapped by the best a*x+b fitted on the target; oracle: tissue fractions painted with the target's "
+                 "tissue means; bars: r >= 0.9 (or oracle - 0.05), contrast ratios right side of 1 and within 15%, "
+                 "beats affine in PSNRc and r")
+    return "\n".join(lines)
+
+
 def format_table(summary: dict) -> str:
     """A plain-text table of the per-pair means (model vs copy baseline vs noise-floor limit)."""
-    lines = [f"{'pair':<14}{'n':>4}{'PSNR':>8}{'SSIM':>8}{'PSNR_fg':>9}{'copy':>8}{'limit':>8}"]
-    for name, v in summary["pairs"].items():
-        lim = v["limit_psnr"]
+    nan = float("nan")
+    g = lambda v, k: nan if v.get(k) is None else v[k]  # noqa: E731
+    lines = [f"{'pair':<14}{'n':>4}{'PSNR':>8}{'SSIM':>8}{'PSNR_fg':>9}{'copy':>8}{'limit':>8}{'Rician':>8}"]
+    for name, v in list(summary["pairs"].items()) + [("overall", {"n": "", **summary["overall"]})]:
         lines.append(f"{name:<14}{v['n']:>4}{v['psnr']:>8.2f}{v['ssim']:>8.3f}{v['psnr_fg']:>9.2f}"
-                     f"{v['copy_psnr']:>8.2f}{(lim if lim is not None else float('nan')):>8.2f}")
-    o = summary["overall"]
-    lines.append(f"{'overall':<14}{'':>4}{o['psnr']:>8.2f}{o['ssim']:>8.3f}{o['psnr_fg']:>9.2f}{o['copy_psnr']:>8.2f}"
-                 f"{(o['limit_psnr'] if o['limit_psnr'] is not None else float('nan')):>8.2f}")
+                     f"{v['copy_psnr']:>8.2f}{g(v, 'limit_psnr'):>8.2f}{g(v, 'limit_rician_psnr'):>8.2f}")
+    lines.append("limit: the noiseless image as the prediction; Rician: its expected magnitude at the target's noise "
+                 "level (the best prediction of a noisy magnitude image)")
     if "contribution" in summary and "rank_d" in summary["contribution"]:
         c = summary["contribution"]
         lines.append(f"C_t ranking (generates others best first): {' > '.join(c['rank_t'])}")

@@ -25,7 +25,8 @@ import torch
 
 from ..io import atomic_path
 from ..metrics import psnr, ssim
-from .evaluation import VolumeEvaluation, _fmt, mean_of
+from ..metrics import synthesis_checks
+from .evaluation import CONTRAST_COLUMNS, VolumeEvaluation, _fmt, format_contrast_table, mean_of
 from .synthesis import load_weights, synthesize_volume
 
 __all__ = ["SubsetEvaluation", "weight_table"]
@@ -79,10 +80,12 @@ class SubsetEvaluation(VolumeEvaluation):
     """
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
-                 seq2seq=None, seq2seq_ckpt=None, map_previews: int = 2, regions: dict | None = None):
-        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions)
+                 seq2seq=None, seq2seq_ckpt=None, map_previews: int = 2, regions: dict | None = None,
+                 preprocessing=None, tracking_uri: str | None = None, experiment_name: str = "evaluation"):
+        super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions,
+                         preprocessing, tracking_uri, experiment_name)
         self.columns = ["case", "sources", "n_sources", "target", "psnr", "ssim", "psnr_fg", "limit_psnr"] + [
-            f"psnr_{name}" for name in self.regions] + [f"w_{s}" for s in self.sequences]
+            f"psnr_{name}" for name in self.regions] + [f"w_{s}" for s in self.sequences] + CONTRAST_COLUMNS
         self.seq2seq, self.seq2seq_ckpt = seq2seq, seq2seq_ckpt
         self.single_rows: list[dict] = []
 
@@ -98,7 +101,8 @@ class SubsetEvaluation(VolumeEvaluation):
         cid = case["case"]
         idx = {s: i for i, s in enumerate(self.sequences)}
         zeros = torch.zeros_like(torch.as_tensor(d[avail[0]]))
-        rows = []
+        rows, grid = [], []
+        z = self.grid_slice(d, vols[avail[0]])
         for t in avail:
             tgt, code = vols[t], idx[t]
             limit = psnr(clean[t], tgt) if t in clean else None
@@ -115,7 +119,11 @@ class SubsetEvaluation(VolumeEvaluation):
                     "psnr_fg": psnr(pred, tgt, mask=head), "limit_psnr": limit,
                     **{f"psnr_{name}": None if m is None else psnr(pred, tgt, mask=m) for name, m in d["regions"].items()},
                     **{f"w_{s}": float(w[0, i]) for i, s in enumerate(self.sequences)},
+                    **self.contrast_scores(cid, pred, [vols[self.sequences[i]] for i in sub], t, vols, clean, d),
                 })
+                if preview and (len(sub) == 1 or len(sub) == len(others)):
+                    grid.append((f"{'+'.join(self.sequences[i] for i in sub)} -> {t}",
+                                 [vols[self.sequences[i]][..., z] for i in sub], pred[..., z], clean.get(t, tgt)[..., z]))
                 if len(sub) == len(others) and preview:
                     tsem = synthesize_volume(_TSEMMap(self.network), self.inferer, stack, code, self.device, mask)
                     self.save_map(tsem[0].numpy(), d[t].affine, f"{cid}_{t}_tsem", True,
@@ -126,6 +134,7 @@ class SubsetEvaluation(VolumeEvaluation):
                         p = synthesize_volume(self.seq2seq, self.inferer, d[s], code, self.device)[0].numpy()
                         self.single_rows.append({"case": cid, "source": s, "target": t, "psnr": psnr(p, tgt),
                                                  "ssim": ssim(p, tgt, axis=-1)})
+        self.save_grid(cid, grid, f"{cid}, axial slice {z}: sources, synthesis, truth, difference")
         return rows
 
     def summarize(self, rows: list[dict]) -> dict:
@@ -144,8 +153,12 @@ class SubsetEvaluation(VolumeEvaluation):
                 rk = [r for r in rt if r["n_sources"] == k]
                 by_k[str(k)] = {"n": len(rk), "psnr": mean_of(rk, "psnr"), "ssim": mean_of(rk, "ssim"),
                                 "psnr_fg": mean_of(rk, "psnr_fg"),
-                                **{f"psnr_{name}": mean_of(rk, f"psnr_{name}") for name in self.regions}}
-            entry = {"by_num_sources": by_k, "limit_psnr": mean_of(rt, "limit_psnr")}
+                                **{f"psnr_{name}": mean_of(rk, f"psnr_{name}") for name in self.regions},
+                                **{c: mean_of(rk, c) for c in CONTRAST_COLUMNS}}
+                if by_k[str(k)].get("r_brain") is not None:
+                    by_k[str(k)]["checks"] = synthesis_checks(by_k[str(k)])
+            entry = {"by_num_sources": by_k, "limit_psnr": mean_of(rt, "limit_psnr"),
+                     "limit_rician_psnr": mean_of(rt, "limit_rician_psnr")}
             singles = [r for r in self.single_rows if r["target"] == t]
             if singles:
                 per_src = {s: mean_of([r for r in singles if r["source"] == s], "psnr")
@@ -189,13 +202,15 @@ class SubsetEvaluation(VolumeEvaluation):
             fig.savefig(tmp, format="png")
 
     def format(self, summary: dict) -> str:
-        lines = [f"{'target':<8}" + "".join(f"{k + ' in':>9}" for k in ("1", "2", "3")) + f"{'s2s best':>10}"
+        counts = sorted({k for e in summary["targets"].values() for k in e["by_num_sources"]}, key=int)
+        lines = [f"{'target':<8}" + "".join(f"{k + ' in':>9}" for k in counts) + f"{'s2s best':>10}"
                  f"{'s2s avg':>9}{'limit':>8}"]
         for t, e in summary["targets"].items():
             ks = e["by_num_sources"]
-            cells = "".join(f"{ks[k]['psnr']:>9.2f}" if k in ks else f"{'':>9}" for k in ("1", "2", "3"))
+            cells = "".join(f"{ks[k]['psnr']:>9.2f}" if k in ks else f"{'':>9}" for k in counts)
             s2s = e.get("seq2seq_single", {})
             lines.append(f"{t:<8}{cells}{s2s.get('best_psnr', float('nan')):>10.2f}"
                          f"{s2s.get('average_psnr', float('nan')):>9.2f}"
                          f"{e['limit_psnr'] if e['limit_psnr'] is not None else float('nan'):>8.2f}")
-        return "PSNR (dB) by number of inputs\n" + "\n".join(lines)
+        groups = {f"{t} <- {k} in": v for t, e in summary["targets"].items() for k, v in e["by_num_sources"].items()}
+        return "PSNR (dB) by number of inputs\n" + "\n".join(lines) + "\n" + format_contrast_table(groups)

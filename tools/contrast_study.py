@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Why a small Seq2Seq stayed at the identity, and how far one source can go: two measurements.
+
+``loss``: trains the quick-size Seq2Seq network (no bundle, no handlers: the bare loop) on a
+phantom training folder with a chosen loss balance and pair sampling, and prints, every
+``--eval-every`` steps, the Pearson r of each synthesis with the noiseless target inside the brain
+of unseen phantom subjects (15 axial slices around the centre), with the r of the same synthesis
+with the (noiseless) source beside it: a synthesis that correlates more with its source than with
+its target is a copy::
+
+    python tools/phantom.py --out /tmp/p --subjects 16 --spacing 2 --seed 0
+    python tools/contrast_study.py loss --data /tmp/p                       # the paper's balance
+    python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0
+    python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --target t2   # one target only
+
+``ceiling``: for one unseen subject, the correlation with the noiseless target that a *pointwise*
+intensity map of the source can reach at best (a 64-bin lookup table fitted on the target: from
+the noiseless source and from the noisy one), beside the tissue oracle. What a pointwise map cannot
+reach, a model must get from spatial context (anatomy)::
+
+    python tools/contrast_study.py ceiling
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mrsynth.data.phantom import TISSUES, simulate_subject, subject_seed  # noqa: E402
+from mrsynth.metrics import pearson_r, tissue_oracle  # noqa: E402
+from mrsynth.transforms import PAPER, apply_range, percentile_range  # noqa: E402
+
+SEQ = ["t1", "t1ce", "t2", "flair"]
+_RANGE = {k: PAPER[k] for k in ("lower_percentile", "upper_percentile", "upper_factor")}
+
+
+def normalised_subject(seed: int, index: int):
+    """(noisy (4, H, W, D), noiseless (4, H, W, D), brain mask, subject) on the papers' [-1, 1] scale."""
+    sub = simulate_subject(subject_seed(seed, index), spacing=2.0, sequences=SEQ)
+    noisy, clean = [], []
+    for s in SEQ:
+        lo, hi = percentile_range(sub.images[s], **_RANGE)
+        noisy.append(apply_range(torch.as_tensor(sub.images[s]), lo, hi))
+        clean.append(apply_range(torch.as_tensor(sub.noiseless[s]), lo, hi))
+    return torch.stack(noisy), torch.stack(clean), torch.as_tensor(sub.brain_mask), sub
+
+
+def loss_study(a) -> None:
+    from monai.transforms import Compose
+
+    from mrsynth.data import list_cases
+    from mrsynth.networks import Seq2Seq
+    from mrsynth.transforms import LoadSequencesd, ScalePercentiled
+
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    torch.set_num_threads(a.threads)
+    pre = Compose([LoadSequencesd(SEQ), ScalePercentiled(SEQ, **PAPER)])
+    vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in map(pre, list_cases(a.data, SEQ))]
+    H, W, D = vols[0].shape[1:]
+    tests = [normalised_subject(a.test_seed, i)[:3] for i in range(2)]
+    net = Seq2Seq(2, 3, 3, num_codes=64, channels=[16, 32], num_res_blocks=2, num_kernels=4, code_dim=16)
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.5, 0.999))
+    loss = torch.nn.SmoothL1Loss(beta=0.05)
+    df = net.encoder.downsample_factor
+    fixed_target = SEQ.index(a.target) if a.target else -1
+
+    def sample():
+        xs, ys, sc, tc = [], [], [], []
+        v = vols[np.random.randint(len(vols))]
+        for _ in range(4):
+            s, t = np.random.randint(4), np.random.randint(4)
+            if a.identity_prob is not None:
+                t = s if np.random.rand() < a.identity_prob else np.random.choice([i for i in range(4) if i != s])
+            if fixed_target >= 0:
+                t = fixed_target
+                while s == t:
+                    s = np.random.randint(4)
+            z = np.random.randint(1, D - 1)
+            x0, y0 = np.random.randint(0, H - a.patch + 1), np.random.randint(0, W - a.patch + 1)
+            sl = v[:, x0:x0 + a.patch, y0:y0 + a.patch, z - 1:z + 2].permute(0, 3, 1, 2)
+            xs.append(sl[s]), ys.append(sl[t]), sc.append(s), tc.append(t)
+        return torch.stack(xs), torch.stack(ys), torch.tensor(sc), torch.tensor(tc)
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        net.eval()
+        res: dict = {}
+        for noisy, clean, bm in tests:
+            zs = list(range(D // 2 - 15, D // 2 + 15, 2))
+            m = torch.stack([bm[..., z] for z in zs])
+            for si, s in enumerate(SEQ):
+                x = torch.stack([noisy[si][..., z - 1:z + 2].permute(2, 0, 1) for z in zs])
+                x = F.pad(x, (0, (-W) % df, 0, (-H) % df), value=-1.0)
+                for ti, t in enumerate(SEQ):
+                    if s == t:
+                        continue
+                    p = net(x, torch.full((len(zs),), ti))[:, 1, :H, :W]
+                    tru = torch.stack([clean[ti][..., z] for z in zs])
+                    src = torch.stack([clean[si][..., z] for z in zs])
+                    res.setdefault(f"{s}->{t}", []).append((pearson_r(p[m], tru[m]), pearson_r(p[m], src[m])))
+        net.train()
+        return {k: tuple(np.mean(v, 0)) for k, v in res.items()}
+
+    t0 = time.time()
+    net.train()
+    for step in range(1, a.steps + 1):
+        x, y, sc, tc = sample()
+        n = x.shape[0]
+        both = net(torch.cat([x, x]), torch.cat([tc, sc]))
+        out_tgt, out_src = both[:n], both[n:]
+        out_cyc = net(out_tgt, sc)
+        total = a.rec * loss(out_tgt, y) + a.self * loss(out_src, x) + a.cycle * loss(out_cyc, x)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        if step % a.eval_every == 0 or step == a.steps:
+            ev = evaluate()
+            print(f"step {step} ({time.time() - t0:.0f} s): mean r over the 12 pairs {np.mean([v[0] for v in ev.values()]):.3f}; "
+                  + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items() if k.startswith("t1->")),
+                  flush=True)
+
+
+def lookup_table(x: np.ndarray, y: np.ndarray, m: np.ndarray, bins: int = 64) -> np.ndarray:
+    """The best pointwise map of ``x`` to ``y`` (mean of ``y`` per quantile bin of ``x`` inside ``m``)."""
+    q = np.quantile(x[m], np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(q, x, side="right") - 1, 0, bins - 1)
+    means = np.array([y[m & (idx == b)].mean() if (m & (idx == b)).any() else 0.0 for b in range(bins)])
+    return means[idx]
+
+
+def ceiling(a) -> None:
+    noisy, clean, _, sub = normalised_subject(a.test_seed, 0)
+    noisy, clean = noisy.numpy(), clean.numpy()
+    brain = sub.tissue > 0
+    frac = np.stack([sub.fractions[k] for k in TISSUES])
+    print("| source -> target | pointwise map of the noiseless source | of the noisy source | tissue oracle |")
+    print("|---|---|---|---|")
+    for si, s in enumerate(SEQ):
+        for ti, t in enumerate(SEQ):
+            if s != t:
+                lut_c = pearson_r(lookup_table(clean[si], clean[ti], brain), clean[ti], brain)
+                lut_n = pearson_r(lookup_table(noisy[si], clean[ti], brain), clean[ti], brain)
+                orc = pearson_r(tissue_oracle(frac, clean[ti], brain), clean[ti], brain)
+                print(f"| {s} -> {t} | {lut_c:.3f} | {lut_n:.3f} | {orc:.3f} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lo = sub.add_parser("loss", help="train the quick network with a loss balance; print r along the way")
+    lo.add_argument("--data", required=True, help="phantom training folder (tools/phantom.py, 2 mm)")
+    lo.add_argument("--test-seed", type=int, default=1, help="phantom seed of the 2 unseen subjects")
+    lo.add_argument("--steps", type=int, default=1200)
+    lo.add_argument("--eval-every", type=int, default=400)
+    lo.add_argument("--rec", type=float, default=10.0, help="weight of the target term")
+    lo.add_argument("--self", type=float, default=10.0, help="weight of the self-reconstruction term")
+    lo.add_argument("--cycle", type=float, default=10.0, help="weight of the cycle term")
+    lo.add_argument("--identity-prob", type=float, default=None, help="P(target = source); default independent draws")
+    lo.add_argument("--target", choices=SEQ, default=None, help="train one target only (every other source)")
+    lo.add_argument("--lr", type=float, default=1e-3)
+    lo.add_argument("--patch", type=int, default=96)
+    lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--threads", type=int, default=1)
+    ce = sub.add_parser("ceiling", help="what a pointwise map of one source can reach")
+    ce.add_argument("--test-seed", type=int, default=1)
+    a = ap.parse_args(argv)
+    loss_study(a) if a.cmd == "loss" else ceiling(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
