@@ -21,5 +21,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
+test-fast: venv  # everything but the end-to-end trainings marked slow
+	$(PY) -m pytest -q -m "not slow"
+
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -110,3 +110,10 @@ def test_evaluation_weight_table_and_maps(trained_tsf, phantom, tmp_path):
     assert (out / "weights.png").stat().st_size > 1000 and (out / "seq2seq_metrics.csv").is_file()
     maps = list((out / "maps").glob("*_tsem.nii.gz"))
     assert maps and nib.load(str(maps[0])).get_fdata().min() >= 0
+    # against the known answer, per number of inputs; the remap baseline is fitted on all the inputs
+    for r in rows:
+        assert -1 <= float(r["r_brain"]) <= 1 and float(r["limit_rician_psnr"]) > float(r["limit_psnr"])
+    by_n = {n: [float(r["affine_r_brain"]) for r in rows if r["n_sources"] == n and r["target"] == "t2"] for n in "123"}
+    assert np.mean(by_n["3"]) >= np.mean(by_n["1"])  # a linear fit on more sources never fits worse
+    assert "checks" in t["by_num_sources"]["1"] and t["limit_rician_psnr"] > t["limit_psnr"]
+    assert len(list((out / "grids").glob("*.png"))) >= 1
