@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:No hash value provided:UserWarning"),
 ]
 
-SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"  # a copy of MONAI's published schema
 ATOL = 1e-5
 
 
@@ -192,13 +192,21 @@ def test_tsf_torchscript_matches_checkpoint_and_carries_metadata(exported_tsf):
 
 @pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq"])
 def test_metadata_valid_against_schema(bundle, tmp_path):
-    """monai.bundle verify_metadata, offline: the schema copy stands where it would be downloaded."""
-    if not SCHEMA.is_file():
-        pytest.skip(f"no schema copy at {SCHEMA}")
-    from monai.bundle import verify_metadata
-
+    """``python -m monai.bundle verify_metadata``, offline: the schema copy shipped with the tests
+    stands where MONAI would download it."""
     schema = tmp_path / SCHEMA.name
     shutil.copy(SCHEMA, schema)
-    verify_metadata(meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"), filepath=str(schema))
+    meta = BUNDLES / bundle / "configs" / "metadata.json"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta),
+                           "--filepath", str(schema)], env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    # and it fails on a metadata file that breaks the schema
+    bad = json.loads(meta.read_text())
+    del bad["network_data_format"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(tmp_path / "bad.json"),
+                           "--filepath", str(schema)], env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
     # and the export command's metadata file is this one
     assert "configs/metadata.json" in quick_export_command(bundle)

@@ -222,3 +222,20 @@ def test_evaluation_outputs(trained_seq2seq, phantom, tmp_path):
     assert "eval_r_brain" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.csv", "summary.json", "grids"} <= logged
+
+
+@pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq"])
+@pytest.mark.parametrize("text, expected", [("false", False), ("True", True), ("0", False)])
+def test_amp_text_reaches_the_engines_as_a_bool(bundle, text, expected):
+    """``--amp false`` arrives as the string 'false'; MONAI's trainer and evaluator must get False
+    (a GradScaler and fp16 validation would otherwise run on CUDA)."""
+    from monai.bundle import ConfigParser
+
+    from bundle_utils import BUNDLES
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    parser["amp"] = text
+    for key in ("train#trainer#amp", "validate#evaluator#amp"):
+        value = parser.get_parsed_content(key)
+        assert value is expected and isinstance(value, bool)

@@ -119,8 +119,8 @@ def save_pair_grid(rows, png_path, title: str | None = None, diff_range: float =
         title: figure title.
         diff_range: the difference is shown on ``[-diff_range, diff_range]`` (blue-red).
 
-    Grey levels: every image is shown on ``[-1, v]`` with ``v`` its own 99.5th percentile, so a
-    dark sequence is not lost; the difference panel shares the truth's scale.
+    Grey levels: the synthesis is shown on the truth's scale ``[-1, v]`` (``v`` the truth's 99.5th
+    percentile), so that a brightness error shows; the source on its own scale.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -145,8 +145,9 @@ def save_pair_grid(rows, png_path, title: str | None = None, diff_range: float =
         else:
             srcs = src if isinstance(src, (list, tuple)) else [src]
             show(axes[0], np.concatenate([_drop_leading_singletons(to_numpy(s)) for s in srcs], axis=0))
-        show(axes[1], syn)
-        show(axes[2], truth)
+        vmax = max(float(np.percentile(_drop_leading_singletons(to_numpy(truth)), 99.5)), -1.0 + 1e-3)
+        show(axes[1], syn, vmax=vmax)
+        show(axes[2], truth, vmax=vmax)
         diff = _drop_leading_singletons(to_numpy(syn)) - _drop_leading_singletons(to_numpy(truth))
         show(axes[3], diff, cmap="RdBu_r", vmin=-diff_range, vmax=diff_range)
         axes[0].set_ylabel(label, fontsize="small")
