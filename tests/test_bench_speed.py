@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,8 +37,10 @@ def test_bench_speed_quick_writes_complete_json(tmp_path):
     for kind in ("infer_same", "infer_mixed", "train"):
         assert report["ratios"]["ours_over_baseline"]["ours"][kind] > 0
         assert report["ratios"]["ours_over_baseline"]["ours_amp"][kind] > 0
-    assert report["reference_published"]["infer_same"]["slices_per_s"] == 1.7
-    assert report["reference_published"]["train"]["slices_per_s"] == 0.14
+    # the ratios against the published reference are derived from this run's measurements
+    ref = report["reference_published"]["infer_same"]["slices_per_s"]
+    ours = report["results"]["ours"]["infer_same"]["slices_per_s"]
+    assert report["ratios"]["ours_over_reference"]["ours"]["infer_same"] == pytest.approx(ours / ref, rel=1e-6)
     # the baseline computes the same function as our network
     assert all(v < 1e-4 for v in report["baseline_equivalence"].values()), report["baseline_equivalence"]
     # mixed precision (bf16 where the CPU has it) changes the output by rounding only
