@@ -146,6 +146,12 @@ def test_nnseq2seq_normalisation_range_and_clip():
     t = ScalePercentiled("x", lower_percentile=0.5, upper_percentile=99.5, upper_factor=1.25, b_min=0, b_max=1)
     y = t({"x": torch.as_tensor(v)})["x"]
     assert float(y.min()) == 0.0 and float(y.max()) == 1.0  # the outlier is clipped
+    # known answer: lo = p0.5, hi = 1.25 x p99.5 of the non-zero voxels, mapped linearly in between
+    nz = v[v != 0]
+    lo, hi = np.percentile(nz, 0.5), 1.25 * np.percentile(nz, 99.5)
+    expected = np.clip((v - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert float(y[500]) == pytest.approx((v[500] - lo) / (hi - lo), rel=1e-5)  # 50.05 -> inside the range
 
 
 def test_normalisation_inverse_round_trip(tmp_path):

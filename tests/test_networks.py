@@ -234,6 +234,29 @@ def test_convlstm_shapes():
     assert lstm3(torch.randn(1, 2, 2, 4, 4, 4)).shape == (1, 2, 4, 4, 4, 4)
 
 
+def test_convlstm_known_answer_and_causality():
+    """With a 1x1 kernel every pixel is an ordinary LSTM: check two steps against the equations,
+    written out by hand, and that an output frame depends on past frames only."""
+    torch.manual_seed(0)
+    lstm = ConvLSTM(2, 2, 3, num_layers=1, kernel_size=1)
+    w = lstm.cells[0].conv.weight[:, :, 0, 0]  # (4 * 3, 2 + 3)
+    bias = lstm.cells[0].conv.bias
+    assert torch.equal(bias[3:6], torch.ones(3)) and not bias[:3].any()  # forget gate starts open
+    x = torch.randn(1, 2, 2, 1, 1)
+    y = lstm(x)
+    h, c = torch.zeros(3), torch.zeros(3)
+    for t in range(2):
+        z = w @ torch.cat([x[0, t, :, 0, 0], h]) + bias
+        i, f, o, g = z[:3].sigmoid(), z[3:6].sigmoid(), z[6:9].sigmoid(), z[9:].tanh()
+        c = f * c + i * g
+        h = o * c.tanh()
+        torch.testing.assert_close(y[0, t, :, 0, 0], h, atol=1e-6, rtol=0)
+    x2 = x.clone()
+    x2[:, 1] += 1.0  # changing frame 1 leaves frame 0's output unchanged
+    y2 = lstm(x2)
+    assert torch.equal(y2[:, 0], y[:, 0]) and (y2[:, 1] - y[:, 1]).abs().max() > 0
+
+
 @pytest.mark.parametrize("spatial_dims,size", [(2, (16, 16)), (3, (8, 8, 8))])
 def test_seq2seq4d_shapes(spatial_dims, size):
     torch.manual_seed(0)

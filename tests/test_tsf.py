@@ -159,6 +159,7 @@ def test_shapes(spatial_dims, num_sequences, size):
     torch.testing.assert_close(y, out.image, atol=1e-5, rtol=1e-5)
     # the TSEM map is |with - without|: non-negative, and zero exactly when the residual is skipped
     assert (out.tsem_map >= 0).all() and out.tsem_map.sum() > 0
+    torch.testing.assert_close(out.tsem_map, (out.image - out.image_plain).abs(), atol=1e-6, rtol=0)
     no_tsem = net.fusion(net.encode_sources(x, mask), mask, target, use_tsem=False)
     assert torch.equal(no_tsem.fused, no_tsem.fused_plain)
 
