@@ -37,10 +37,12 @@ def test_bench_speed_quick_writes_complete_json(tmp_path):
     for kind in ("infer_same", "infer_mixed", "train"):
         assert report["ratios"]["ours_over_baseline"]["ours"][kind] > 0
         assert report["ratios"]["ours_over_baseline"]["ours_amp"][kind] > 0
-    # the ratios against the published reference are derived from this run's measurements
-    ref = report["reference_published"]["infer_same"]["slices_per_s"]
-    ours = report["results"]["ours"]["infer_same"]["slices_per_s"]
-    assert report["ratios"]["ours_over_reference"]["ours"]["infer_same"] == pytest.approx(ours / ref, rel=1e-6)
+    # the ratios against the same-run baseline are derived from this run's measurements
+    for kind in ("infer_same", "train"):
+        ours, base = report["results"]["ours"][kind]["slices_per_s"], report["results"]["baseline"][kind]["slices_per_s"]
+        assert report["ratios"]["ours_over_baseline"]["ours"][kind] == pytest.approx(ours / base, rel=1e-9)
+    # a tiny network is never compared with the published paper-size reference
+    assert report["ratios"]["ours_over_reference"] == {"ours": {}, "ours_amp": {}}
     # the baseline computes the same function as our network
     assert all(v < 1e-4 for v in report["baseline_equivalence"].values()), report["baseline_equivalence"]
     # mixed precision (bf16 where the CPU has it) changes the output by rounding only
