@@ -39,13 +39,13 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import demo  # noqa: E402
 
-from mrsynth.metrics import RATIOS, synthesis_checks  # noqa: E402
+from mrsynth.metrics import RATIOS, synthesis_checks, worst_ratio  # noqa: E402
 
 SEQS = ["t1", "t1ce", "t2", "flair"]
 
 
 def brain_mask(case_dir: Path, cid: str) -> np.ndarray | None:
-    """The phantom's brain (tissue map > 0), else the label map's lesion plus nothing."""
+    """The phantom's brain (tissue map > 0); ``None`` where the case has no tissue map."""
     import nibabel as nib
 
     p = case_dir / f"{cid}_tissue.nii.gz"
@@ -118,11 +118,9 @@ def markdown(runs: dict[int, dict], rims: dict[int, dict], timings: dict[int, di
     ]
     for pair, e in pairs.items():
         v = e["values"]
-        worst, worst_err = None, 0.0
-        for c in RATIOS:
-            p, t = mean_sd(v.get(f"{c}_wm", []))[0], mean_sd(v.get(f"{c}_wm_true", []))[0]
-            if not (np.isnan(p) or np.isnan(t)) and abs(p / t - 1) >= abs(worst_err):
-                worst, worst_err = f"{c}/WM {p:.2f} / {t:.2f}", p / t - 1
+        means = {k: mean_sd(x)[0] for k, x in v.items()}
+        found = worst_ratio({k: None if np.isnan(x) else x for k, x in means.items()})
+        worst = f"{found[0]}/WM {means[found[0] + '_wm']:.2f} / {means[found[0] + '_wm_true']:.2f}" if found else None
         ok = sum(bool(c.get("all")) for c in e["checks"])
         lines.append(f"| {pair} | {fmt(v.get('r_brain', []), 3)} | {fmt(v.get('affine_r_brain', []), 3)} | "
                      f"{fmt(v.get('oracle_r_brain', []), 3)} | {fmt(v.get('psnr_clean_brain', []))} | "

@@ -45,6 +45,7 @@ __all__ = [
     "rician_mean",
     "rician_sigma",
     "synthesis_checks",
+    "worst_ratio",
 ]
 
 #: code -> name of the phantom's tissue map (``<case>_tissue.nii.gz``); 0 is background
@@ -104,8 +105,24 @@ def contrast_ratios(pred, target, tissue, classes: Mapping[int, str] = TISSUE_CL
         if name in mt and name in mp:
             rp, rt = mp[name] / mp["wm"], mt[name] / mt["wm"]
             out[f"{name}/wm"] = {"pred": rp, "true": rt, "error": rp / rt - 1.0,
-                                 "same_side": bool((rp - 1.0) * (rt - 1.0) > 0)}
+                                 "same_side": _same_side(rp, rt)}
     return out
+
+
+def _same_side(pred_ratio: float, true_ratio: float) -> bool:
+    """Both ratios brighter, or both darker, than white matter."""
+    return (pred_ratio - 1.0) * (true_ratio - 1.0) > 0
+
+
+def worst_ratio(pair: Mapping, ratios: Sequence[str] = RATIOS) -> tuple[str, float] | None:
+    """``(class, synthesis / truth - 1)`` of the contrast ratio furthest from the truth among the
+    ``<c>_wm`` / ``<c>_wm_true`` entries of ``pair`` (``None`` when there are none)."""
+    errs = {c: pair[f"{c}_wm"] / pair[f"{c}_wm_true"] - 1.0 for c in ratios
+            if pair.get(f"{c}_wm") is not None and pair.get(f"{c}_wm_true")}
+    if not errs:
+        return None
+    c = max(errs, key=lambda k: abs(errs[k]))
+    return c, errs[c]
 
 
 def _fit_linear(xs: list[np.ndarray], y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -233,7 +250,7 @@ def synthesis_checks(pair: Mapping[str, float | None], r_min: float = 0.9, oracl
         p, t = get(f"{c}_wm"), get(f"{c}_wm_true")
         if p is None or t is None:
             continue
-        if not ((p - 1.0) * (t - 1.0) > 0 and abs(p / t - 1.0) <= ratio_tolerance):
+        if not (_same_side(p, t) and abs(p / t - 1.0) <= ratio_tolerance):
             failed.append(c)
     out["ratios"] = not failed
     out["failed_ratios"] = failed

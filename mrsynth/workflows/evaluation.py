@@ -44,7 +44,7 @@ from skimage.filters import threshold_otsu
 from ..io import atomic_path, save_json, save_nifti
 from ..metrics import (LPIPS, RATIOS, affine_remap_baseline, contrast_ratios, contribution_ranking,
                        differentiation_map, pearson_r, psnr, rician_mean, rician_sigma, save_map_preview, save_pair_grid,
-                       ssim, ssim_map, synthesis_checks, tissue_oracle, write_contribution)
+                       ssim, ssim_map, synthesis_checks, tissue_oracle, worst_ratio, write_contribution)
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled
 from .synthesis import load_weights, synthesize_volume
 
@@ -374,10 +374,8 @@ def format_contrast_table(groups: dict) -> str:
         return "no known answer (noiseless images and tissue maps) to score contrast against"
     lines = [f"{'':<16}{'PSNRc':>7}{'affine':>7}{'r':>7}{'affine':>7}{'oracle':>7}  {'worst ratio error':<22}{'bars':>5}"]
     for name, v in rows.items():
-        errs = {c: v[f"{c}_wm"] / v[f"{c}_wm_true"] - 1 for c in RATIOS
-                if v.get(f"{c}_wm") is not None and v.get(f"{c}_wm_true")}
-        worst = max(errs, key=lambda c: abs(errs[c])) if errs else None
-        w = f"{worst}/wm {errs[worst]:+.0%}" if worst else ""
+        worst = worst_ratio(v)
+        w = f"{worst[0]}/wm {worst[1]:+.0%}" if worst else ""
         chk = v.get("checks") or synthesis_checks(v)
         f = lambda x: f"{x:>7.2f}" if x is not None else f"{'':>7}"  # noqa: E731
         r = lambda x: f"{x:>7.3f}" if x is not None else f"{'':>7}"  # noqa: E731
