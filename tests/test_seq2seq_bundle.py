@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_utils import TINY, run_bundle
+from bundle_utils import BUNDLES, TINY, run_bundle
 from mrsynth.engines import Seq2SeqTrainStep
 from mrsynth.io import save_nifti
 from mrsynth.metrics import psnr
@@ -23,7 +23,7 @@ from mrsynth.transforms import PAPER, percentile_range, apply_range
 B = "seq2seq"
 
 
-def test_training_writes_best_model_checkpoint_and_tracking(trained_seq2seq):
+def test_training_writes_best_model_checkpoint_and_tracking(trained_seq2seq, phantom):
     root, log = trained_seq2seq
     assert (root / "models" / "model.pt").is_file()
     assert [p.name for p in (root / "models").glob("checkpoint*.pt")] == ["checkpoint_checkpoint_epoch=2.pt"]
@@ -40,7 +40,9 @@ def test_training_writes_best_model_checkpoint_and_tracking(trained_seq2seq):
     assert len(client.get_metric_history(run.info.run_id, "val_psnr")) == 2
     assert float(run.data.params["learning_rate"]) == pytest.approx(0.001)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert any(p.startswith("config_") and p.endswith(".json") for p in arts)
+    (config,) = [p for p in arts if p.startswith("config_") and p.endswith(".json")]
+    executed = json.loads((root / "eval" / config).read_text())  # MONAI's save_execute_config, overrides applied
+    assert executed["max_epochs"] == 2 and executed["dataset_dir"] == str(phantom) and executed["_meta_"]["version"]
     assert "samples" in arts
 
 
@@ -86,6 +88,38 @@ def test_train_step_weights_and_skipped_passes():
     out = Seq2SeqTrainStep(rec_weight=10, self_weight=0, cycle_weight=0).losses(
         net, src, tgt, torch.tensor([0, 1]), torch.tensor([2, 3]))
     assert calls == [2] and float(out["loss"]) == pytest.approx(15.0) and float(out["loss_cyc"]) == 0.0
+
+
+def test_train_step_trains_the_trainers_loss_function():
+    """The bundle's ``train#trainer#loss_function`` is the loss the step minimises: an L1 given to
+    MONAI's SupervisedTrainer replaces the default SmoothL1 in every term."""
+    from monai.engines import SupervisedTrainer
+
+    class Zero(torch.nn.Module):  # outputs zeros whatever the code; has a parameter for the optimiser
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, code):
+            return x * self.w
+
+    net = Zero()
+    batch = {"image": torch.full((2, 3, 8, 8), 0.5), "label": torch.full((2, 3, 8, 8), 2.0),
+             "src_code": torch.tensor([0, 1]), "tgt_code": torch.tensor([2, 3])}
+    step = Seq2SeqTrainStep(rec_weight=10, self_weight=1, cycle_weight=0)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=torch.nn.L1Loss(),
+                                iteration_update=step, decollate=False)
+    trainer.run()
+    assert float(trainer.state.output["loss"]) == pytest.approx(10 * 2.0 + 1 * 0.5)  # L1, not SmoothL1 (15.125)
+    assert isinstance(step.criterion(), torch.nn.L1Loss)
+    # the bundle passes its loss_beta to the trainer's SmoothL1
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / B / "configs" / f) for f in ("train.json", "quick.json")])
+    assert parser.get_parsed_content("train#trainer#loss_function").beta == pytest.approx(0.05)
+    assert "inferer" not in parser["train#trainer"]
 
 
 def test_perceptual_loss_without_weights_fails_clearly():
@@ -222,6 +256,7 @@ def test_evaluation_outputs(trained_seq2seq, phantom, tmp_path):
     assert "eval_r_brain" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.csv", "summary.json", "grids"} <= logged
+    assert (out / "mlruns").is_dir() and not (BUNDLES / B / "mlruns").exists()  # artifacts beside the db, not in the cwd
 
 
 @pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq"])

@@ -64,13 +64,30 @@ class TrainStep:
     ``engine.state.output`` for handlers such as MLflow. ``engine.state.output`` keeps MONAI's
     keys: ``image``, ``label``, ``pred``, ``loss``. ``network`` may be wrapped in
     ``DistributedDataParallel``: a step runs all its forward passes through :func:`run_as_forward`.
+
+    The per-pass image loss ``L`` of a step is :attr:`loss` when one was given, else the trainer's
+    ``loss_function`` (so ``train#trainer#loss_function`` in a bundle is the loss that is trained),
+    else SmoothL1 (a step used outside a trainer).
     """
+
+    loss: Callable | None = None
+    _engine_loss: Callable | None = None
+
+    def criterion(self) -> Callable:
+        """The per-pass image loss: the step's own, else the trainer's ``loss_function``, else SmoothL1."""
+        if self.loss is not None:
+            return self.loss
+        if self._engine_loss is None:
+            self._engine_loss = torch.nn.SmoothL1Loss()
+        return self._engine_loss
 
     def compute(self, network, batch: dict) -> dict:
         raise NotImplementedError
 
     def __call__(self, engine, batchdata: dict) -> dict:
         device, nb = engine.state.device, engine.non_blocking
+        if engine.loss_function is not None:
+            self._engine_loss = engine.loss_function
         batch = {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batchdata.items()}
         engine.state.output = {Keys.IMAGE: batch[Keys.IMAGE], Keys.LABEL: batch[Keys.LABEL]}
         engine.network.train()

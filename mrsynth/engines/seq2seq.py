@@ -12,7 +12,7 @@ Per batch (``image`` = source, ``label`` = target, codes per sample):
 - ``out_cyc = G(out_tgt, code_src)``,
 - ``loss = rec_weight * (L(out_tgt, tgt) + self_weight / rec_weight * L(out_src, src))
   + cycle_weight * L(out_cyc, src) + perceptual_weight * (P(out_tgt, tgt) + P(out_src, src))``
-  with ``L`` = SmoothL1 (the paper: ``self_weight = rec_weight = cycle_weight = 10``).
+  with ``L`` the trainer's ``loss_function`` (the paper: SmoothL1, ``self_weight = rec_weight = cycle_weight = 10``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class Seq2SeqTrainStep(TrainStep):
         perceptual_weight: weight of the perceptual term (paper: 0.01; 0 disables it).
         perceptual_loss: a callable ``(pred, target) -> loss``; built lazily with
             :func:`build_perceptual_loss` when ``perceptual_weight > 0`` and none is given.
-        beta: SmoothL1's transition point.
+        loss: the per-pass image loss ``L(pred, target)``; ``None`` (default): the trainer's
+            ``loss_function`` (:meth:`~mrsynth.engines.base.TrainStep.criterion`).
         spatial_dims: for the perceptual network.
         self_weight: weight of the self-reconstruction term ``G(src, src)`` vs ``src``; ``None``
             (default) = ``rec_weight``, as in the paper. The self and cycle terms are both
@@ -70,13 +71,13 @@ class Seq2SeqTrainStep(TrainStep):
         cycle_weight: float = 10.0,
         perceptual_weight: float = 0.0,
         perceptual_loss=None,
-        beta: float = 1.0,
+        loss=None,
         spatial_dims: int = 2,
         self_weight: float | None = None,
     ) -> None:
         self.rec_weight, self.cycle_weight, self.perceptual_weight = rec_weight, cycle_weight, perceptual_weight
         self.self_weight = rec_weight if self_weight is None else float(self_weight)
-        self.loss = torch.nn.SmoothL1Loss(beta=beta)
+        self.loss = loss
         self.perceptual_loss = perceptual_loss
         if perceptual_weight > 0 and perceptual_loss is None:
             self.perceptual_loss = build_perceptual_loss(spatial_dims)
@@ -99,10 +100,10 @@ class Seq2SeqTrainStep(TrainStep):
         Under ``DistributedDataParallel`` the passes run as one forward of the wrapper
         (:func:`~mrsynth.engines.base.run_as_forward`); the result is the same."""
         out_tgt, out_src, out_cyc = run_as_forward(network, self.passes, src, src_code, tgt_code)
-        zero = torch.zeros((), device=src.device)
-        tgt_term = self.loss(out_tgt, tgt)
-        self_term = self.loss(out_src, src) if out_src is not None else zero
-        cyc = self.loss(out_cyc, src) if out_cyc is not None else zero
+        zero, L = torch.zeros((), device=src.device), self.criterion()
+        tgt_term = L(out_tgt, tgt)
+        self_term = L(out_src, src) if out_src is not None else zero
+        cyc = L(out_cyc, src) if out_cyc is not None else zero
         rec = tgt_term + self_term
         total = self.rec_weight * tgt_term + self.self_weight * self_term + self.cycle_weight * cyc
         perc = zero

@@ -6,7 +6,7 @@ target, ``rec_code`` one of the sources):
 - ``out, out_plain = G(sources, mask, target)`` with and without the task-specific enhanced map,
 - ``rec = G(sources, mask, rec_code)``, the reconstruction of a source,
 - ``loss = w * (L(out, tgt) + L(out_plain, tgt) + L(rec, src_rec)) + perceptual_weight * P(out, tgt)``
-  with ``L`` = SmoothL1 and ``w`` = 10 (paper).
+  with ``L`` the trainer's ``loss_function`` (paper: SmoothL1) and ``w`` = 10 (paper).
 
 The encoder is frozen inside :class:`~mrsynth.networks.TSFSeq2Seq`; the optimiser takes
 ``network.trainable_parameters()`` (fusion module and decoder).
@@ -27,18 +27,19 @@ class TSFTrainStep(TrainStep):
     """One TSF-Seq2Seq optimisation step.
 
     Args:
-        weight: weight of each SmoothL1 term (paper: 10).
+        weight: weight of each image term (paper: 10).
         perceptual_weight: weight of the perceptual term (paper: 0.01; 0 disables it).
         perceptual_loss: ``(pred, target) -> loss``; built with
             :func:`~mrsynth.engines.build_perceptual_loss` when needed.
-        beta: SmoothL1's transition point.
+        loss: the per-pass image loss ``L(pred, target)``; ``None`` (default): the trainer's
+            ``loss_function`` (:meth:`~mrsynth.engines.base.TrainStep.criterion`).
         spatial_dims: for the perceptual network.
     """
 
     def __init__(self, weight: float = 10.0, perceptual_weight: float = 0.0, perceptual_loss=None,
-                 beta: float = 1.0, spatial_dims: int = 2) -> None:
+                 loss=None, spatial_dims: int = 2) -> None:
         self.weight, self.perceptual_weight = weight, perceptual_weight
-        self.loss = torch.nn.SmoothL1Loss(beta=beta)
+        self.loss = loss
         self.perceptual_loss = perceptual_loss
         if perceptual_weight > 0 and perceptual_loss is None:
             self.perceptual_loss = build_perceptual_loss(spatial_dims)
@@ -60,7 +61,8 @@ class TSFTrainStep(TrainStep):
         both = run_as_forward(network, self.passes, x, mask, tgt_code, rec_code)
         out, out_plain, rec = both.image[:b], both.image_plain[:b], both.image[b:]
         src_rec = x[torch.arange(b, device=x.device), rec_code]
-        l_out, l_plain, l_rec = self.loss(out, tgt), self.loss(out_plain, tgt), self.loss(rec, src_rec)
+        L = self.criterion()
+        l_out, l_plain, l_rec = L(out, tgt), L(out_plain, tgt), L(rec, src_rec)
         total = self.weight * (l_out + l_plain + l_rec)
         perc = torch.zeros((), device=x.device)
         if self.perceptual_weight > 0:

@@ -10,53 +10,59 @@ from __future__ import annotations
 import io
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.utils import ensure_tuple
 
-__all__ = ["MLflowSampleImages", "export_run_config", "sample_grid"]
+__all__ = ["MLflowSampleImages", "sample_grid", "save_execute_config"]
 
 logger = logging.getLogger(__name__)
 
 
-def export_run_config(output_dir, argv=None) -> str | None:
-    """Write the config that ``python -m monai.bundle run`` is executing (its config files with the
-    command-line overrides applied) to ``<output_dir>/config_<time>.json`` and return the path.
+def save_execute_config(argv=None) -> str | None:
+    """Write the config that ``python -m monai.bundle run`` is executing and return its path.
 
-    It rebuilds the config from ``argv`` (default ``sys.argv``) as MONAI's ``run`` does; outside a
+    The bundles track with MLflow by default (their ``MLFlowHandler`` is declared in
+    ``train.json``), so MONAI's ``--tracking`` option, which is what makes MONAI write the
+    executed config, is not needed to track; this gives the same file without it. The command
+    line (default ``sys.argv``) is read by ``fire`` as MONAI's ``__main__`` reads it, the config
+    files, metadata and overrides are merged by MONAI's :class:`~monai.bundle.ConfigParser`, and
+    MONAI's own ``save_execute_config`` step
+    (:meth:`~monai.bundle.ConfigWorkflow.patch_bundle_tracking`, here with no handlers to add)
+    writes the file: ``<output_dir>/config_<time>.json`` by default, the path in the config's
+    ``save_execute_config`` item if it names one, nothing if it is ``false``. Outside a
     ``monai.bundle run`` command line it returns ``None``.
     """
-    from fire.parser import DefaultParseValue
-    from monai.bundle import ConfigParser
+    import fire
+    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle.scripts import update_kwargs
 
     argv = list(sys.argv if argv is None else argv)
     if "run" not in argv:
         return None
-    args, key = {}, None
-    for tok in argv[argv.index("run") + 1 :]:
-        if tok.startswith("--"):
-            key, _, val = tok[2:].partition("=")
-            if val:
-                args[key], key = DefaultParseValue(val), None
-            else:
-                args[key] = True
-        elif key is not None:
-            args[key], key = DefaultParseValue(tok), None
-    config_file = args.pop("config_file", None)
+    called: dict = {}
+
+    def run(run_id=None, init_id=None, final_id=None, meta_file=None, config_file=None, logging_file=None,
+            tracking=None, args_file=None, **override):
+        called.update(update_kwargs(args=args_file, meta_file=meta_file, config_file=config_file, **override))
+
+    fire.Fire({"run": run}, command=argv[argv.index("run"):], name="monai.bundle")
+    config_file, meta_file = called.pop("config_file", None), called.pop("meta_file", None)
     if config_file is None:
         return None
+    for k in ("run_id", "init_id", "final_id", "logging_file", "tracking", "workflow_type", "workflow_name"):
+        called.pop(k, None)
     parser = ConfigParser()
     parser.read_config(config_file)
-    for k in ("meta_file", "logging_file", "tracking", "args_file", "run_id", "init_id", "final_id", "workflow_type"):
-        args.pop(k, None)
-    parser.update(args)
-    dest = Path(output_dir) / f"config_{time.strftime('%Y%m%d_%H%M%S')}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    parser.export_config_file(parser.get(), str(dest))
-    return str(dest)
+    meta = meta_file or str(Path(ensure_tuple(config_file)[0]).parent / "metadata.json")
+    if Path(str(meta)).is_file() or meta_file:
+        parser.read_meta(meta)
+    parser.update(called)
+    ConfigWorkflow.patch_bundle_tracking(parser, {"handlers_id": {}, "configs": {}})
+    return parser.get_parsed_content("save_execute_config") if parser["save_execute_config"] else None
 
 
 def _center_slice(x: torch.Tensor) -> np.ndarray:

@@ -196,6 +196,12 @@ class VolumeEvaluation:
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
+        if mlflow.get_experiment_by_name(self.experiment_name) is None and str(self.tracking_uri).startswith("sqlite:///"):
+            # as MONAI's MLFlowHandler does: a local database keeps its artifacts beside it, not in the cwd
+            from monai.utils import path_to_uri
+
+            db = Path(str(self.tracking_uri)[len("sqlite:///"):])
+            mlflow.create_experiment(self.experiment_name, artifact_location=path_to_uri(db.parent / "mlruns"))
         mlflow.set_experiment(self.experiment_name)
         with mlflow.start_run(run_name="evaluate"):
             metrics = {f"eval_{k}": float(v) for k, v in (summary.get("overall") or {}).items()
