@@ -4,7 +4,8 @@ MONAI's :class:`~monai.inferers.SliceInferer` runs a 2D network slice by slice, 
 network takes ``k`` adjacent slices as channels and returns ``k`` slices. :class:`SlabInferer`
 cuts those slabs along the last spatial axis, runs them in batches, and averages the
 overlapping predictions of each slice. 3D networks use MONAI's
-:class:`~monai.inferers.SlidingWindowInferer` unchanged.
+:class:`~monai.inferers.SlidingWindowInferer`, inside :class:`PerSampleInferer` where the
+samples of a batch carry their own target codes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from monai.inferers import Inferer
 from .amp import as_bool, autocast
 from .transforms.sampling import slab_indices
 
-__all__ = ["SlabInferer"]
+__all__ = ["PerSampleInferer", "SlabInferer"]
 
 
 class SlabInferer(Inferer):
@@ -84,3 +85,31 @@ class SlabInferer(Inferer):
                             count[z] += 1
                         out[i, 0, :, :, z] += p[ch]
         return out / count.clamp_min(1)
+
+
+class PerSampleInferer(Inferer):
+    """Run ``inferer`` one sample of the batch at a time, each with its own extra inputs.
+
+    MONAI's :class:`~monai.inferers.SlidingWindowInferer` gathers windows from all samples of a
+    batch into its window batches and hands the extra inputs (``*args``) to the network
+    unchanged, which is right for inputs shared by the whole batch but not for per-sample ones
+    such as a synthesis network's target code ``(B,)``. This wrapper calls ``inferer`` on
+    ``inputs[i : i + 1]`` with every tensor argument whose first dimension is the batch cut to
+    ``[i : i + 1]`` (a ``(1,)`` code, which the networks broadcast over the windows), and
+    concatenates the results.
+
+    Args:
+        inferer: any MONAI :class:`~monai.inferers.Inferer`.
+    """
+
+    def __init__(self, inferer: Inferer) -> None:
+        super().__init__()
+        self.inferer = inferer
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        b = inputs.shape[0]
+        outs = []
+        for i in range(b):
+            extra = [a[i : i + 1] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == b else a for a in args]
+            outs.append(self.inferer(inputs[i : i + 1], network, *extra, **kwargs))
+        return torch.cat(outs)

@@ -1,5 +1,6 @@
 """SlabInferer: slabs cut and stacked as the training data are, every slice averaged back."""
 
+import pytest
 import torch
 
 from mrsynth.inferers import SlabInferer
@@ -74,3 +75,29 @@ def test_amp_flag_from_the_command_line_text():
     assert SlabInferer(amp="TRUE").amp is True and SlabInferer(amp=True).amp is True and SlabInferer().amp is False
     with pytest.raises(ValueError, match="--amp must be true or false, got 'maybe'"):
         SlabInferer(amp="maybe")
+
+
+def test_per_sample_sliding_window_keeps_each_samples_code():
+    """MONAI's SlidingWindowInferer mixes the windows of a batch and passes the codes unchanged;
+    PerSampleInferer runs each sample with its own code (broadcast by the network over windows),
+    and Gaussian blending of overlapping windows returns a pointwise map exactly."""
+    from monai.inferers import SlidingWindowInferer
+
+    from mrsynth.inferers import PerSampleInferer
+
+    vol = torch.randn(3, 1, 20, 18, 14)
+    codes = torch.tensor([1, 2, 5])
+    calls = []
+
+    def net(x, code):  # a 3D "synthesis" of target c: c * x; a (1,) code serves every window
+        calls.append((x.shape[0], code.shape[0]))
+        assert code.shape[0] in (1, x.shape[0])
+        return x * code.float().view(-1, 1, 1, 1, 1)
+
+    sw = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=4, overlap=0.5, mode="gaussian", cval=-1.0)
+    out = PerSampleInferer(sw)(vol, net, codes)
+    assert out.shape == vol.shape
+    torch.testing.assert_close(out, vol * codes.float().view(-1, 1, 1, 1, 1))
+    assert all(c == 1 for _, c in calls) and max(n for n, _ in calls) == 4
+    with pytest.raises(AssertionError):  # what happens without the wrapper: windows of 3 samples, 3 codes
+        sw(vol, net, codes)
