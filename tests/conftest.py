@@ -59,3 +59,16 @@ def trained_seq2seq(phantom, tmp_path_factory):
     proc = run_bundle("seq2seq", ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", root,
                       "--max_epochs", 2, "--val_interval", 1, *TINY)
     return root, proc.stdout + proc.stderr
+
+
+# Tests that train or run a bundle end to end take seconds to minutes each: they are marked
+# ``slow`` and left out of ``make test-fast``. A test is slow when it uses one of these fixtures
+# (each trains a bundle) or carries the marker itself.
+BUNDLE_FIXTURES = {"trained_seq2seq", "trained_tsf", "exported_seq2seq", "exported_tsf", "ddp_seq2seq",
+                   "mlflow_server", "trained_3d"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BUNDLE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # runs a bundle command in a new process
 def test_bench_speed_quick_writes_complete_json(tmp_path):
     out = tmp_path / "speed.json"
     proc = subprocess.run(

@@ -190,6 +190,7 @@ def test_tsf_torchscript_matches_checkpoint_and_carries_metadata(exported_tsf):
     assert json.loads(extra["quick.json"]) == json.loads((bundle / "configs" / "quick.json").read_text())
 
 
+@pytest.mark.slow  # runs a bundle command in a new process
 @pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq"])
 def test_metadata_valid_against_schema(bundle, tmp_path):
     """``python -m monai.bundle verify_metadata``, offline: the schema copy shipped with the tests

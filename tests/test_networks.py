@@ -272,6 +272,29 @@ def test_seq2seq4d_shapes(spatial_dims, size):
         torch.testing.assert_close(y[1:], net(x[1:], torch.tensor([3])), atol=1e-5, rtol=0)
 
 
+def test_seq2seq4d_is_the_documented_composition():
+    """Known answer from the parts: encode = time-mean of the encoder ConvLSTM over the per-frame
+    encodings; frame k of the output = the hyper-decoder applied to step k of the decoder ConvLSTM
+    fed the encoding at every step. The encoder and decoder load into a plain Seq2Seq."""
+    torch.manual_seed(0)
+    net = Seq2Seq4D(2, 1, 1, **TINY, out_frames=3).eval()
+    x, code = torch.randn(2, 4, 1, 16, 16), torch.tensor([1, 2])
+    with torch.no_grad():
+        per_frame = torch.stack([net.encoder(x[:, t]) for t in range(4)], dim=1)
+        feats = net.encoder_lstm(per_frame).mean(dim=1)
+        torch.testing.assert_close(net.encode(x), feats, atol=1e-5, rtol=0)
+        steps = net.decoder_lstm(feats.unsqueeze(1).expand(2, 3, *feats.shape[1:]).contiguous())
+        y = net(x, code)
+        for k in range(3):
+            torch.testing.assert_close(y[:, k], net.decoder(steps[:, k], code), atol=1e-5, rtol=0)
+        # the order of the input frames matters (a ConvLSTM, not a mean of frames)
+        assert (net(x.flip(1), code) - y).abs().max() > 1e-4
+        plain = Seq2Seq(2, 1, 1, **TINY).eval()
+        missing = plain.load_state_dict(net.state_dict(), strict=False)
+        assert not missing.missing_keys
+        torch.testing.assert_close(plain.encode(x[:, 0]), net.encoder(x[:, 0]))
+
+
 def test_seq2seq4d_torchscript():
     torch.manual_seed(0)
     net = Seq2Seq4D(2, 1, 1, **{**TINY, "num_res_blocks": 0}).eval()

@@ -27,6 +27,7 @@ def trained_tsf(trained_seq2seq, phantom, tmp_path_factory):
     return root, s2s_root, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # runs a bundle command in a new process
 def test_missing_seq2seq_checkpoint_is_a_clear_error(phantom, tmp_path):
     proc = run_bundle(B, ["train", "quick"], "--dataset_dir", phantom, "--bundle_root", tmp_path / "b",
                       "--seq2seq_ckpt", tmp_path / "nowhere.pt", "--max_epochs", 1, check=False)
