@@ -12,6 +12,7 @@ its target is a copy::
     python tools/contrast_study.py loss --data /tmp/p                       # the paper's balance
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --target t2   # one target only
+    python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --channels 32 64   # capacity
 
 ``ceiling``: for one unseen subject, the correlation with the noiseless target that a *pointwise*
 intensity map of the source can reach at best (a 64-bin lookup table fitted on the target: from
@@ -68,7 +69,10 @@ def loss_study(a) -> None:
     vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in map(pre, list_cases(a.data, SEQ))]
     H, W, D = vols[0].shape[1:]
     tests = [normalised_subject(a.test_seed, i)[:3] for i in range(2)]
-    net = Seq2Seq(2, 3, 3, num_codes=64, channels=[16, 32], num_res_blocks=2, num_kernels=4, code_dim=16)
+    net = Seq2Seq(2, 3, 3, num_codes=64, channels=a.channels, num_res_blocks=a.res_blocks, num_kernels=a.kernels,
+                  code_dim=16)
+    print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, "
+          f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.5, 0.999))
     loss = torch.nn.SmoothL1Loss(beta=0.05)
     df = net.encoder.downsample_factor
@@ -171,6 +175,9 @@ def main(argv=None) -> int:
     lo.add_argument("--patch", type=int, default=96)
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--threads", type=int, default=1)
+    lo.add_argument("--channels", type=int, nargs="+", default=[16, 32], help="encoder widths (quick.json: 16 32)")
+    lo.add_argument("--res-blocks", type=int, default=2, help="residual blocks (quick.json: 2)")
+    lo.add_argument("--kernels", type=int, default=4, help="kernels per hyper-convolution bank (quick.json: 4)")
     ce = sub.add_parser("ceiling", help="what a pointwise map of one source can reach")
     ce.add_argument("--test-seed", type=int, default=1)
     a = ap.parse_args(argv)
