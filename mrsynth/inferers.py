@@ -100,16 +100,19 @@ class PerSampleInferer(Inferer):
 
     Args:
         inferer: any MONAI :class:`~monai.inferers.Inferer`.
+        amp: run it in the device's native mixed precision (as :class:`SlabInferer`); the result
+            is float32 either way.
     """
 
-    def __init__(self, inferer: Inferer) -> None:
+    def __init__(self, inferer: Inferer, amp: bool = False) -> None:
         super().__init__()
-        self.inferer = inferer
+        self.inferer, self.amp = inferer, as_bool(amp, "amp")
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         b = inputs.shape[0]
         outs = []
         for i in range(b):
             extra = [a[i : i + 1] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == b else a for a in args]
-            outs.append(self.inferer(inputs[i : i + 1], network, *extra, **kwargs))
+            with autocast(inputs.device, enabled=self.amp):
+                outs.append(self.inferer(inputs[i : i + 1], network, *extra, **kwargs).float())
         return torch.cat(outs)

@@ -101,3 +101,20 @@ def test_per_sample_sliding_window_keeps_each_samples_code():
     assert all(c == 1 for _, c in calls) and max(n for n, _ in calls) == 4
     with pytest.raises(AssertionError):  # what happens without the wrapper: windows of 3 samples, 3 codes
         sw(vol, net, codes)
+
+
+def test_per_sample_amp_returns_float32_close_to_float32():
+    from monai.inferers import SlidingWindowInferer
+
+    from mrsynth.inferers import PerSampleInferer
+    from mrsynth.networks import Seq2Seq
+
+    torch.manual_seed(0)
+    net = Seq2Seq(3, 1, 1, channels=(4, 8), num_res_blocks=1, num_kernels=2, code_dim=4).eval()
+    vol = torch.rand(2, 1, 12, 12, 12) * 2 - 1
+    sw = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2, overlap=0.5, mode="gaussian", cval=-1.0)
+    with torch.no_grad():
+        ref = PerSampleInferer(sw)(vol, net, torch.tensor([0, 1]))
+        mixed = PerSampleInferer(sw, amp="true")(vol, net, torch.tensor([0, 1]))
+    assert mixed.dtype == torch.float32 and mixed.shape == ref.shape
+    assert (mixed - ref).abs().max() < 0.1  # rounding only (float32 where the CPU has no native bf16)
