@@ -57,3 +57,24 @@ def test_drift_is_caught(bundle, monkeypatch):
         test_train_and_inference_share_network_and_settings(bundle)
     with pytest.raises(AssertionError, match="not train.json's load_transforms"):
         test_inference_normalises_as_training(bundle)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_executed_config_is_the_command_lines(bundle, tmp_path, monkeypatch):
+    """What ``python -m monai.bundle run`` executes, overrides applied, written by MONAI's
+    save_execute_config step; ``--save_execute_config false`` writes nothing."""
+    from mrsynth.handlers.mlflow import save_execute_config
+
+    monkeypatch.chdir(BUNDLES / bundle)
+    argv = ["monai/bundle/__main__.py", "run", "--config_file", "['configs/train.json','configs/quick.json']",
+            "--bundle_root", str(tmp_path), "--max_epochs", "3", "--patch_size", "[32,32]", "--tracking_uri=file:/x"]
+    path = save_execute_config(argv)
+    assert path and path.startswith(str(tmp_path / "eval" / "config_"))
+    executed = json.loads(open(path).read())
+    assert executed["max_epochs"] == 3 and executed["patch_size"] == [32, 32] and executed["tracking_uri"] == "file:/x"
+    assert executed["network_def"] == {**load(bundle, "train")["network_def"], **{
+        k.split("#", 1)[1]: v for k, v in load(bundle, "quick").items() if k.startswith("network_def#")}}
+    assert executed["_meta_"]["version"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["version"]
+    assert save_execute_config(argv + ["--save_execute_config", "false"]) is None
+    assert save_execute_config(["pytest", "-q"]) is None
+    assert len(list((tmp_path / "eval").glob("config_*.json"))) == 1 and not (BUNDLES / bundle / "false").exists()

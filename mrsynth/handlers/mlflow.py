@@ -33,7 +33,7 @@ def save_execute_config(argv=None) -> str | None:
     MONAI's own ``save_execute_config`` step
     (:meth:`~monai.bundle.ConfigWorkflow.patch_bundle_tracking`, here with no handlers to add)
     writes the file: ``<output_dir>/config_<time>.json`` by default, the path in the config's
-    ``save_execute_config`` item if it names one, nothing if it is ``false``. Outside a
+    ``save_execute_config`` item if it names one, nothing if it is false. Outside a
     ``monai.bundle run`` command line it returns ``None``.
     """
     import fire
@@ -61,6 +61,9 @@ def save_execute_config(argv=None) -> str | None:
     if Path(str(meta)).is_file() or meta_file:
         parser.read_meta(meta)
     parser.update(called)
+    choice = parser.get("save_execute_config", True)
+    if isinstance(choice, str) and choice.strip().lower() in ("false", "0", "no", "off", "none", ""):
+        parser["save_execute_config"] = False  # `--save_execute_config false` from a shell
     ConfigWorkflow.patch_bundle_tracking(parser, {"handlers_id": {}, "configs": {}})
     return parser.get_parsed_content("save_execute_config") if parser["save_execute_config"] else None
 
