@@ -20,6 +20,12 @@ from .transforms.sampling import slab_indices
 __all__ = ["PerSampleInferer", "SlabInferer"]
 
 
+def sample_args(args, i: int, batch: int) -> list:
+    """The extra inputs of sample ``i``: every tensor whose first dimension is the batch cut to
+    ``[i : i + 1]``; anything else (a ``(1,)`` code for the whole batch, a flag) as it is."""
+    return [a[i : i + 1] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == batch else a for a in args]
+
+
 class SlabInferer(Inferer):
     """Run a 2D/2.5D network over 3D volumes, slab by slab along the last axis.
 
@@ -64,7 +70,7 @@ class SlabInferer(Inferer):
         centers = list(range(depth))
         for i in range(b):
             vol = x[i]  # (C, H, W, D)
-            extra = [a[i : i + 1] if isinstance(a, torch.Tensor) else a for a in args]
+            extra = sample_args(args, i, b)
             for start in range(0, depth, self.batch_size):
                 chunk = centers[start : start + self.batch_size]
                 idx = [slab_indices(c, self.num_slices, depth) for c in chunk]
@@ -94,9 +100,8 @@ class PerSampleInferer(Inferer):
     batch into its window batches and hands the extra inputs (``*args``) to the network
     unchanged, which is right for inputs shared by the whole batch but not for per-sample ones
     such as a synthesis network's target code ``(B,)``. This wrapper calls ``inferer`` on
-    ``inputs[i : i + 1]`` with every tensor argument whose first dimension is the batch cut to
-    ``[i : i + 1]`` (a ``(1,)`` code, which the networks broadcast over the windows), and
-    concatenates the results.
+    ``inputs[i : i + 1]`` with its own extra inputs (:func:`sample_args`: a ``(1,)`` code, which
+    the networks broadcast over the windows), and concatenates the results.
 
     Args:
         inferer: any MONAI :class:`~monai.inferers.Inferer`.
@@ -112,7 +117,7 @@ class PerSampleInferer(Inferer):
         b = inputs.shape[0]
         outs = []
         for i in range(b):
-            extra = [a[i : i + 1] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == b else a for a in args]
+            extra = sample_args(args, i, b)
             with autocast(inputs.device, enabled=self.amp):
                 outs.append(self.inferer(inputs[i : i + 1], network, *extra, **kwargs).float())
         return torch.cat(outs)

@@ -178,8 +178,9 @@ def reference_style_losses(step, net, src, tgt, src_code, tgt_code):
     out_tgt = reference_style_forward(net, src, tgt_code)
     out_src = reference_style_forward(net, src, src_code)
     out_cyc = reference_style_forward(net, out_tgt, src_code)
-    rec = step.criterion()(out_tgt, tgt) + step.criterion()(out_src, src)
-    cyc = step.criterion()(out_cyc, src)
+    L = step.criterion()
+    rec = L(out_tgt, tgt) + L(out_src, src)
+    cyc = L(out_cyc, src)
     return {"pred": out_tgt, "loss": step.rec_weight * rec + step.cycle_weight * cyc}
 
 

@@ -71,15 +71,11 @@ class TrainStep:
     """
 
     loss: Callable | None = None
-    _engine_loss: Callable | None = None
+    _engine_loss: Callable = torch.nn.SmoothL1Loss()  # replaced by the trainer's loss_function when it has one
 
     def criterion(self) -> Callable:
         """The per-pass image loss: the step's own, else the trainer's ``loss_function``, else SmoothL1."""
-        if self.loss is not None:
-            return self.loss
-        if self._engine_loss is None:
-            self._engine_loss = torch.nn.SmoothL1Loss()
-        return self._engine_loss
+        return self.loss if self.loss is not None else self._engine_loss
 
     def compute(self, network, batch: dict) -> dict:
         raise NotImplementedError
