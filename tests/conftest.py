@@ -64,7 +64,7 @@ def trained_seq2seq(phantom, tmp_path_factory):
 # Tests that train or run a bundle end to end take seconds to minutes each: they are marked
 # ``slow`` and left out of ``make test-fast``. A test is slow when it uses one of these fixtures
 # (each trains a bundle) or carries the marker itself.
-BUNDLE_FIXTURES = {"trained_seq2seq", "trained_tsf", "exported_seq2seq", "exported_tsf", "ddp_seq2seq",
+BUNDLE_FIXTURES = {"trained_seq2seq", "trained_tsf", "trained_vq", "exported_seq2seq", "exported_tsf", "ddp_seq2seq",
                    "mlflow_server", "trained_3d"}
 
 

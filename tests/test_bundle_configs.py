@@ -10,7 +10,7 @@ import pytest
 
 from bundle_utils import BUNDLES
 
-BUNDLE_NAMES = ["seq2seq", "tsf_seq2seq"]
+BUNDLE_NAMES = ["seq2seq", "tsf_seq2seq", "vq_seq2seq"]
 SHARED = ["sequences", "spatial_dims", "num_slices", "layout", "ckpt_dir", "output_dir", "device", "seq2seq_def"]
 
 

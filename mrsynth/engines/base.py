@@ -59,31 +59,62 @@ def run_as_forward(network, passes: Callable[..., Any], *args) -> Any:
 class TrainStep:
     """Base ignite iteration function for :class:`monai.engines.SupervisedTrainer` (``iteration_update``).
 
-    Subclasses implement :meth:`compute` ``(network, batch) -> dict`` returning at least ``pred``
-    and ``loss`` (a scalar with grad); other entries (detached loss parts) are copied into
-    ``engine.state.output`` for handlers such as MLflow. ``engine.state.output`` keeps MONAI's
-    keys: ``image``, ``label``, ``pred``, ``loss``. ``network`` may be wrapped in
-    ``DistributedDataParallel``: a step runs all its forward passes through :func:`run_as_forward`.
+    A step is split in two, so that a method adds passes or loss terms without copying another's:
+
+    - :meth:`outputs` ``(network, batch) -> dict``: every tensor the network passes produce
+      (run through :func:`run_as_forward`, so ``network`` may be wrapped in
+      ``DistributedDataParallel``), with at least ``pred`` (the output reported as MONAI's ``pred``);
+    - :meth:`terms` ``(outputs, batch) -> {name: (weight, value)}``: the loss terms. The loss is
+      ``sum(weight * value)``; a term of weight 0 is reported but not added.
+
+    ``engine.state.output`` keeps MONAI's keys ``image``, ``label``, ``pred``, ``loss`` and gets
+    every term detached as ``loss_<name>``, plus what :meth:`logs` adds (e.g. codebook usage),
+    for handlers such as MLflow.
 
     The per-pass image loss ``L`` of a step is :attr:`loss` when one was given, else the trainer's
     ``loss_function`` (so ``train#trainer#loss_function`` in a bundle is the loss that is trained),
-    else SmoothL1 (a step used outside a trainer).
+    else SmoothL1 (a step used outside a trainer). :attr:`epoch` is the trainer's current epoch
+    (terms switched on later in training read it).
     """
 
     loss: Callable | None = None
     _engine_loss: Callable = torch.nn.SmoothL1Loss()  # replaced by the trainer's loss_function when it has one
+    epoch: int = 0
 
     def criterion(self) -> Callable:
         """The per-pass image loss: the step's own, else the trainer's ``loss_function``, else SmoothL1."""
         return self.loss if self.loss is not None else self._engine_loss
 
-    def compute(self, network, batch: dict) -> dict:
+    def outputs(self, network, batch: dict) -> dict:
+        """The network passes of one step: a dict of tensors with at least ``pred``."""
         raise NotImplementedError
+
+    def terms(self, out: dict, batch: dict) -> dict[str, tuple[float, torch.Tensor]]:
+        """The loss terms ``{name: (weight, value)}`` from :meth:`outputs`' ``out``."""
+        raise NotImplementedError
+
+    def logs(self, out: dict, batch: dict) -> dict:
+        """Extra detached values for ``engine.state.output`` (none by default)."""
+        return {}
+
+    def compute(self, network, batch: dict) -> dict:
+        """:meth:`outputs`, then :meth:`terms` summed: ``{"pred", "loss", "loss_<name>"..., **logs}``."""
+        out = self.outputs(network, batch)
+        terms = self.terms(out, batch)
+        total = None
+        for weight, value in terms.values():
+            if weight:
+                total = weight * value if total is None else total + weight * value
+        if total is None:
+            raise ValueError(f"{type(self).__name__}: every loss term has weight 0 ({sorted(terms)})")
+        return {"pred": out["pred"], "loss": total, **{f"loss_{k}": v.detach() for k, (_, v) in terms.items()},
+                **self.logs(out, batch)}
 
     def __call__(self, engine, batchdata: dict) -> dict:
         device, nb = engine.state.device, engine.non_blocking
         if engine.loss_function is not None:
             self._engine_loss = engine.loss_function
+        self.epoch = int(engine.state.epoch)
         batch = {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batchdata.items()}
         engine.state.output = {Keys.IMAGE: batch[Keys.IMAGE], Keys.LABEL: batch[Keys.LABEL]}
         engine.network.train()

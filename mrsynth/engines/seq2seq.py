@@ -94,24 +94,38 @@ class Seq2SeqTrainStep(TrainStep):
         out_cyc = net(out_tgt, src_code) if self.cycle_weight else None
         return out_tgt, out_src, out_cyc
 
-    def losses(self, network, src, tgt, src_code, tgt_code) -> dict:
-        """Compute the passes and the loss terms (no optimiser step).
+    def outputs(self, network, batch: dict) -> dict:
+        """``pred`` = ``G(src, tgt)``, ``self`` = ``G(src, src)``, ``cycle`` = ``G(pred, src)`` (``None``
+        where the term's weight is 0). Under ``DistributedDataParallel`` the passes run as one
+        forward of the wrapper (:func:`~mrsynth.engines.base.run_as_forward`)."""
+        out_tgt, out_src, out_cyc = run_as_forward(network, self.passes, batch[Keys.IMAGE], batch["src_code"],
+                                                   batch["tgt_code"])
+        return {"pred": out_tgt, "self": out_src, "cycle": out_cyc}
 
-        Under ``DistributedDataParallel`` the passes run as one forward of the wrapper
-        (:func:`~mrsynth.engines.base.run_as_forward`); the result is the same."""
-        out_tgt, out_src, out_cyc = run_as_forward(network, self.passes, src, src_code, tgt_code)
-        zero, L = torch.zeros((), device=src.device), self.criterion()
-        tgt_term = L(out_tgt, tgt)
-        self_term = L(out_src, src) if out_src is not None else zero
-        cyc = L(out_cyc, src) if out_cyc is not None else zero
-        rec = tgt_term + self_term
-        total = self.rec_weight * tgt_term + self.self_weight * self_term + self.cycle_weight * cyc
+    def terms(self, out: dict, batch: dict) -> dict:
+        """``target`` ``L(pred, label)``, ``self`` ``L(self, image)``, ``cyc`` ``L(cycle, image)``
+        and ``perceptual``, each with its weight; ``image`` and ``label`` are the references
+        (a method that augments its inputs keeps the clean images there)."""
+        src, tgt, L = batch[Keys.IMAGE], batch[Keys.LABEL], self.criterion()
+        zero = torch.zeros((), device=src.device)
+        terms = {
+            "target": (self.rec_weight, L(out["pred"], tgt)),
+            "self": (self.self_weight, L(out["self"], src) if out.get("self") is not None else zero),
+            "cyc": (self.cycle_weight, L(out["cycle"], src) if out.get("cycle") is not None else zero),
+        }
         perc = zero
         if self.perceptual_weight > 0:
-            perc = self.perceptual_loss(out_tgt, tgt) + (self.perceptual_loss(out_src, src) if out_src is not None else 0)
-            total = total + self.perceptual_weight * perc
-        return {"pred": out_tgt, "loss": total, "loss_rec": rec.detach(), "loss_target": tgt_term.detach(),
-                "loss_self": self_term.detach(), "loss_cyc": cyc.detach(), "loss_perceptual": perc.detach()}
+            perc = self.perceptual_loss(out["pred"], tgt)
+            if out.get("self") is not None:
+                perc = perc + self.perceptual_loss(out["self"], src)
+        terms["perceptual"] = (self.perceptual_weight, perc)
+        return terms
 
     def compute(self, network, batch: dict) -> dict:
-        return self.losses(network, batch[Keys.IMAGE], batch[Keys.LABEL], batch["src_code"], batch["tgt_code"])
+        out = super().compute(network, batch)
+        out["loss_rec"] = out["loss_target"] + out["loss_self"]  # the paper's reconstruction term
+        return out
+
+    def losses(self, network, src, tgt, src_code, tgt_code) -> dict:
+        """:meth:`compute` on one batch given as tensors (no optimiser step)."""
+        return self.compute(network, {Keys.IMAGE: src, Keys.LABEL: tgt, "src_code": src_code, "tgt_code": tgt_code})

@@ -50,27 +50,32 @@ class TSFTrainStep(TrainStep):
         (batch ``2B``): :class:`~mrsynth.networks.tsf.TSFOutput`."""
         return unwrap(net).forward_all(torch.cat([x, x]), torch.cat([mask, mask]), torch.cat([tgt_code, rec_code]))
 
-    def losses(self, network, sources, mask, tgt, tgt_code, rec_code) -> dict:
-        """All passes and loss terms; ``sources`` ``(B, N * C, *S)`` or ``(B, N, C, *S)``.
+    def outputs(self, network, batch: dict) -> dict:
+        """The target passes with and without the enhanced map (``pred``, ``plain``), the
+        reconstruction of ``rec_code`` (``rec``) and its reference ``src_rec``, the fusion
+        ``weights``. ``batch["image"]`` is ``(B, N * C, *S)`` or ``(B, N, C, *S)``.
 
         ``network`` may be wrapped in ``DistributedDataParallel``: the passes then run as the
         wrapper's forward (:func:`~mrsynth.engines.base.run_as_forward`), so that the decoder's
         and fusion's gradients are all-reduced; the frozen encoder has none."""
-        x = unwrap(network).as_sources(sources)
-        b = x.shape[0]
-        both = run_as_forward(network, self.passes, x, mask, tgt_code, rec_code)
-        out, out_plain, rec = both.image[:b], both.image_plain[:b], both.image[b:]
-        src_rec = x[torch.arange(b, device=x.device), rec_code]
-        L = self.criterion()
-        l_out, l_plain, l_rec = L(out, tgt), L(out_plain, tgt), L(rec, src_rec)
-        total = self.weight * (l_out + l_plain + l_rec)
-        perc = torch.zeros((), device=x.device)
-        if self.perceptual_weight > 0:
-            perc = self.perceptual_loss(out, tgt)
-            total = total + self.perceptual_weight * perc
-        return {"pred": out, "loss": total, "loss_tsem": l_out.detach(), "loss_plain": l_plain.detach(),
-                "loss_rec": l_rec.detach(), "loss_perceptual": perc.detach(), "weights": both.weights[:b].detach()}
+        x = unwrap(network).as_sources(batch[Keys.IMAGE])
+        b, rec_code = x.shape[0], batch["rec_code"]
+        both = run_as_forward(network, self.passes, x, batch["mask"], batch["tgt_code"], rec_code)
+        return {"pred": both.image[:b], "plain": both.image_plain[:b], "rec": both.image[b:],
+                "src_rec": x[torch.arange(b, device=x.device), rec_code], "weights": both.weights[:b]}
 
-    def compute(self, network, batch: dict) -> dict:
-        return self.losses(network, batch[Keys.IMAGE], batch["mask"], batch[Keys.LABEL], batch["tgt_code"],
-                           batch["rec_code"])
+    def terms(self, out: dict, batch: dict) -> dict:
+        tgt, L = batch[Keys.LABEL], self.criterion()
+        perc = torch.zeros((), device=tgt.device)
+        if self.perceptual_weight > 0:
+            perc = self.perceptual_loss(out["pred"], tgt)
+        return {"tsem": (self.weight, L(out["pred"], tgt)), "plain": (self.weight, L(out["plain"], tgt)),
+                "rec": (self.weight, L(out["rec"], out["src_rec"])), "perceptual": (self.perceptual_weight, perc)}
+
+    def logs(self, out: dict, batch: dict) -> dict:
+        return {"weights": out["weights"].detach()}
+
+    def losses(self, network, sources, mask, tgt, tgt_code, rec_code) -> dict:
+        """:meth:`compute` on one batch given as tensors (no optimiser step)."""
+        return self.compute(network, {Keys.IMAGE: sources, "mask": mask, Keys.LABEL: tgt, "tgt_code": tgt_code,
+                                      "rec_code": rec_code})

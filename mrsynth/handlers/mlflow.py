@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import ensure_tuple
 
-__all__ = ["MLflowSampleImages", "sample_grid", "save_execute_config"]
+__all__ = ["MLflowSampleImages", "output_values", "sample_grid", "save_execute_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,27 @@ def save_execute_config(argv=None) -> str | None:
         parser["save_execute_config"] = False  # `--save_execute_config false` from a shell
     ConfigWorkflow.patch_bundle_tracking(parser, {"handlers_id": {}, "configs": {}})
     return parser.get_parsed_content("save_execute_config") if parser["save_execute_config"] else None
+
+
+def output_values(names: dict):
+    """An ``output_transform`` for MONAI's ``MLFlowHandler`` that logs several values of the
+    training step's output at once: ``names`` maps output keys to metric names (e.g.
+    ``{"loss": "train_loss", "perplexity": "codebook_perplexity"}``). Works on the output as the
+    step returns it (a dict) and after MONAI decollated it (a list of dicts: the first item's
+    values, as ``monai.handlers.from_engine(..., first=True)``); absent keys are skipped."""
+    names = dict(names)
+
+    def transform(output) -> dict:
+        out = output[0] if isinstance(output, (list, tuple)) else output
+        values = {}
+        for key, name in names.items():
+            v = out.get(key) if isinstance(out, dict) else None
+            if v is None:
+                continue
+            values[name] = float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+        return values
+
+    return transform
 
 
 def _center_slice(x: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ from .seq2seq import (
     Seq2SeqEncoder,
 )
 from .tsf import FusionOutput, TaskSpecificFusion, TSFOutput, TSFSeq2Seq
+from .vq import VQSeq2Seq, codebook_stats
 
 __all__ = [
     "CodeEmbedding",
@@ -30,4 +31,6 @@ __all__ = [
     "TaskSpecificFusion",
     "TSFOutput",
     "TSFSeq2Seq",
+    "VQSeq2Seq",
+    "codebook_stats",
 ]

@@ -505,15 +505,28 @@ class Seq2Seq(_EncoderDecoder):
 
     @torch.jit.export
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, in_channels, *spatial)`` -> features ``(B, channels[-1], *spatial / 4)``."""
+        """Image ``(B, in_channels, *spatial)`` -> features ``(B, channels[-1], *spatial / 4)``
+        (:meth:`encode_features`; a subclass may put a bottleneck after it, as
+        :class:`~mrsynth.networks.VQSeq2Seq` does)."""
+        return self.encode_features(x)
+
+    @torch.jit.export
+    def decode(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, channels[-1], *s)`` and target code -> image ``(B, out_channels, *4s)``
+        (:meth:`decode_features`)."""
+        return self.decode_features(features, code)
+
+    @torch.jit.export
+    def encode_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder: image ``(B, in_channels, *spatial)`` -> features ``(B, channels[-1], *spatial / 4)``."""
         if self._per_sample(x):
             self.encoder.check_input(x)
             return torch.cat([self.encoder(x[i : i + 1]) for i in range(x.shape[0])])
         return self.encoder(x)
 
     @torch.jit.export
-    def decode(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """Features ``(B, channels[-1], *s)`` and target code -> image ``(B, out_channels, *4s)``."""
+    def decode_features(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The hyper-decoder: features ``(B, channels[-1], *s)`` and target code -> image ``(B, out_channels, *4s)``."""
         if self._per_sample(features):
             if torch.jit.is_scripting():
                 return self._decode_per_sample(features, code)

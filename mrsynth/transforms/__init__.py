@@ -1,11 +1,15 @@
 """MONAI map transforms: loading with validation, the papers' normalisation, pair sampling."""
 
+from .augment import RandDomainAugmentd
+from .corruption import (CORRUPTION_LEVELS, CORRUPTIONS, STRENGTHS, RandMotionGhosting, corrupt, corruption_levels,
+                         reference_level)
 from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range
 from .io import LoadSequencesd
 from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
 
 __all__ = [
     "LoadSequencesd",
+    "RandDomainAugmentd",
     "ScalePercentiled",
     "PAPER",
     "NNSEQ2SEQ",
@@ -18,4 +22,11 @@ __all__ = [
     "SourceSubsetsd",
     "extract_slab",
     "slab_indices",
+    "CORRUPTIONS",
+    "STRENGTHS",
+    "CORRUPTION_LEVELS",
+    "RandMotionGhosting",
+    "corrupt",
+    "corruption_levels",
+    "reference_level",
 ]

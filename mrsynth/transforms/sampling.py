@@ -115,15 +115,25 @@ class RandSequencePaird(Randomizable, _PairBase):
             uniform draws, i.e. ``1 / n`` for a case with ``n`` sequences. Identity pairs teach
             nothing about translation and, with the step's self-reconstruction and cycle terms,
             pull a small model towards copying its input (``bundles/seq2seq/docs/README.md``).
+        pairs: how the pairs of one call are chosen: ``"independent"`` (default) draws a pair
+            per sample; ``"per_case"`` draws one pair for all ``num_samples`` samples of the call
+            (VQ-Seq2Seq: each case contributes one pair); ``"all"`` takes every ordered pair of
+            two different available sequences, ``num_samples`` slices each (``n (n - 1)
+            num_samples`` samples; a single-sequence case gives its identity pair).
 
     Returns:
         a list of ``num_samples`` dicts (see the module docstring for keys).
     """
 
+    PAIRS = ("independent", "per_case", "all")
+
     def __init__(self, sequences, num_slices: int = 3, num_samples: int = 1, central_slices=None, extra=(),
-                 identity_prob: float | None = None):
+                 identity_prob: float | None = None, pairs: str = "independent"):
         _PairBase.__init__(self, sequences, num_slices, central_slices, extra)
         self.num_samples = int(num_samples)
+        if pairs not in self.PAIRS:
+            raise ValueError(f"pairs must be one of {self.PAIRS}, got {pairs!r}")
+        self.pairs = pairs
         if identity_prob is not None and not 0.0 <= float(identity_prob) <= 1.0:
             raise ValueError(f"identity_prob must lie in [0, 1] (or be None), got {identity_prob}")
         self.identity_prob = None if identity_prob is None else float(identity_prob)
@@ -144,9 +154,15 @@ class RandSequencePaird(Randomizable, _PairBase):
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         d = dict(data)
         avail, lo, hi = self._window(d)
+        if self.pairs == "all":
+            pairs = [(s, t) for s in avail for t in avail if s != t] or [(avail[0], avail[0])]
+            pairs = [p for p in pairs for _ in range(self.num_samples)]
+        elif self.pairs == "per_case":
+            pairs = [self.draw_pair(avail)] * self.num_samples
+        else:
+            pairs = [self.draw_pair(avail) for _ in range(self.num_samples)]
         out = []
-        for _ in range(self.num_samples):
-            src, tgt = self.draw_pair(avail)
+        for src, tgt in pairs:
             center = int(self.R.randint(lo, hi)) if self.num_slices else -1
             out.append(self._sample(d, src, tgt, center))
         return out

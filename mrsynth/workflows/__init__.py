@@ -2,8 +2,9 @@
 every case of a folder, and the pairwise evaluation with contribution ranking and maps."""
 
 from .evaluation import PairwiseEvaluation, foreground_mask, format_table
+from .study import TranslationStudy, encode_volume
 from .subsets import SubsetEvaluation, weight_table
 from .synthesis import SynthesisInference, load_weights, synthesize_volume
 
 __all__ = ["SynthesisInference", "PairwiseEvaluation", "SubsetEvaluation", "weight_table", "load_weights", "synthesize_volume", "foreground_mask",
-           "format_table"]
+           "format_table", "TranslationStudy", "encode_volume"]
