@@ -17,7 +17,7 @@ the translation study). It reports:
 - how close one case's sequences land in each model's latent.
 
     python tools/benchmark_seq2seq.py --out bench_out --seeds 0
-    python tools/benchmark_vq.py --seq2seq-out bench_out --seeds 0 [--epochs N] [--study-cases 2] [--report vq.md]
+    python tools/benchmark_vq.py --seq2seq-out bench_out --seeds 0 [--epochs N] [--study-cases 1] [--report vq.md]
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seq2seq-out", required=True, help="the --out folder of tools/benchmark_seq2seq.py")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: quick.json's max_epochs)")
-    ap.add_argument("--study-cases", type=int, default=2, help="test cases in the translation study (default 2)")
+    ap.add_argument("--study-cases", type=int, default=1, help="test cases in the translation study (default 1)")
+    ap.add_argument("--study-pairs", default="[['t1','t2'],['t2','flair'],['flair','t1']]",
+                    help="(source, target) pairs of the robustness part, as a Python list (default: 3 pairs)")
     ap.add_argument("--skip-train", action="store_true", help="evaluate the VQ-Seq2Seq already trained in the run folder")
     ap.add_argument("--skip-run", action="store_true", help="only analyse existing evaluations")
     ap.add_argument("--report")
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
             sh("vq_evaluate", [py, "-m", "monai.bundle", "run", "--config_file",
                                "['configs/train.json','configs/quick.json','configs/evaluate.json']",
                                "--dataset_dir", str(base / "test"), "--bundle_root", str(root), "--output_dir", str(out),
-                               "--seq2seq_ckpt", str(s2s_ckpt), "--study_cases", str(args.study_cases)], cwd=bundle)
+                               "--seq2seq_ckpt", str(s2s_ckpt), "--study_cases", str(args.study_cases),
+                               "--study_pairs", args.study_pairs], cwd=bundle)
             tfile.write_text(json.dumps(TIMINGS, indent=2))
         vq_runs[seed] = json.loads((out / "summary.json").read_text())
         s2s_runs[seed] = json.loads((base / "evaluation" / "summary.json").read_text())

@@ -22,14 +22,13 @@ a Seq2Seq checkpoint loads into it with ``strict=False`` (the projections and co
 """
 
 
-from collections.abc import Sequence
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
-from .seq2seq import _DEFAULT_ACT, Seq2Seq
+from .seq2seq import Seq2Seq
 
 __all__ = ["VQSeq2Seq", "codebook_stats"]
 
@@ -57,14 +56,16 @@ class VQSeq2Seq(Seq2Seq):
     """Seq2Seq with a vector-quantized bottleneck shared by all sequences.
 
     Args:
-        spatial_dims, in_channels, out_channels, num_codes, channels, num_res_blocks,
-        num_kernels, code_dim, norm, act, upsample, final_act: as :class:`~mrsynth.networks.Seq2Seq`.
+        spatial_dims, in_channels, out_channels: as :class:`~mrsynth.networks.Seq2Seq`.
         latent_channels: dimension of the quantized latent and of each code vector (paper: 3).
         codebook_size: number of code vectors (paper: 256).
         commitment_cost: weight of ``||z_e - sg(z_q)||^2`` in the quantizer's loss (paper: 0.25).
         decay: EMA decay of the codebook updates.
         ddp_sync: all-reduce the codebook statistics across ranks under
             ``torch.distributed`` (the quantizer updates its codebook in the forward pass).
+        kwargs: the other arguments of :class:`~mrsynth.networks.Seq2Seq` (``num_codes``,
+            ``channels``, ``num_res_blocks``, ``num_kernels``, ``code_dim``, ``norm``, ``act``,
+            ``upsample``, ``final_act``), the paper's size by default.
 
     Shapes:
         - x: ``(B, in_channels, *spatial)``, every spatial size a multiple of ``2 ** (len(channels) - 1)``.
@@ -79,29 +80,22 @@ class VQSeq2Seq(Seq2Seq):
         spatial_dims: int = 2,
         in_channels: int = 1,
         out_channels: int = 1,
-        num_codes: int = 64,
-        channels: Sequence[int] = (64, 128, 256),
-        num_res_blocks: int = 6,
-        num_kernels: int = 16,
-        code_dim: int = 64,
+        *,
         latent_channels: int = 3,
         codebook_size: int = 256,
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         ddp_sync: bool = True,
-        norm: tuple | str | None = "instance",
-        act: tuple | str | None = _DEFAULT_ACT,
-        upsample: Optional[str] = None,
-        final_act: tuple | str | None = "tanh",
+        **kwargs,
     ) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, num_codes, channels, num_res_blocks, num_kernels,
-                         code_dim, norm, act, upsample, final_act)
+        super().__init__(spatial_dims, in_channels, out_channels, **kwargs)
         conv = Conv[Conv.CONV, spatial_dims]
+        width = self.encoder.out_channels
         self.latent_channels, self.codebook_size = int(latent_channels), int(codebook_size)
-        self.to_latent = conv(channels[-1], latent_channels, kernel_size=1)
-        self.from_latent = conv(latent_channels, channels[-1], kernel_size=1)
+        self.to_latent = conv(width, latent_channels, kernel_size=1)
+        self.from_latent = conv(latent_channels, width, kernel_size=1)
         self.quantizer = _EMAQuantizer(spatial_dims, codebook_size, latent_channels, commitment_cost=commitment_cost,
-                                      decay=decay, ddp_sync=ddp_sync)
+                                       decay=decay, ddp_sync=ddp_sync)
 
     @torch.jit.export
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
