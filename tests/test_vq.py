@@ -58,6 +58,15 @@ def test_codebook_moves_in_training_only():
     assert not torch.equal(before, net.quantizer.embedding.weight)
 
 
+def test_latent_norm_fixes_the_latent_scale():
+    net = small_vq(latent_norm="instance").eval()
+    x = torch.rand(2, 3, 16, 16) * 5 - 1
+    z = net.encode_continuous(x)
+    torch.testing.assert_close(z.mean((2, 3)), torch.zeros(2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var((2, 3), unbiased=False), torch.ones(2, 3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.jit.script(net)(x, torch.tensor([1])), net(x, torch.tensor([1])))
+
+
 def test_seq2seq_weights_load_into_vq():
     s2s = Seq2Seq(2, 3, 3, **SMALL)
     missing, unexpected = small_vq().load_state_dict(s2s.state_dict(), strict=False)

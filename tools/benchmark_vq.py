@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def pairwise(vq_runs: dict, s2s_runs: dict) -> list[str]:
 
 def markdown(vq_runs: dict, s2s_runs: dict, studies: dict, timings: dict, args) -> str:
     t = [x.get("vq_train") for x in timings.values()]
-    lines = [f"VQ-Seq2Seq, quick.json{f', {args.epochs} epochs' if args.epochs else ''}, on the Seq2Seq benchmark's "
+    lines = [f"VQ-Seq2Seq, quick.json{f', {args.epochs} epochs' if args.epochs else ''}"
+             f"{f' with {args.overrides}' if args.overrides else ''}, on the Seq2Seq benchmark's "
              f"run{'s' if len(vq_runs) > 1 else ''} (seed{'s' if len(vq_runs) > 1 else ''} "
              f"{', '.join(map(str, vq_runs))}: phantom 2 mm, the same 16 training subjects, training seed S; 4 unseen "
              f"test subjects), beside that run's Seq2Seq (quick.json, 200 epochs). Training took {fmt(t, 0)} s on 2 "
@@ -92,6 +94,10 @@ def main(argv=None) -> int:
     ap.add_argument("--study-cases", type=int, default=1, help="test cases in the translation study (default 1)")
     ap.add_argument("--study-pairs", default="[['t1','t2'],['t2','flair'],['flair','t1']]",
                     help="(source, target) pairs of the robustness part, as a Python list (default: 3 pairs)")
+    ap.add_argument("--name", default="vq_seq2seq",
+                    help="sub-folder of each run for this model (bundle root <name>/, evaluation <name>_evaluation/)")
+    ap.add_argument("--overrides", default="",
+                    help="bundle overrides for training and evaluation, e.g. \"--network_def#latent_norm None\"")
     ap.add_argument("--skip-train", action="store_true", help="evaluate the VQ-Seq2Seq already trained in the run folder")
     ap.add_argument("--skip-run", action="store_true", help="only analyse existing evaluations")
     ap.add_argument("--report")
@@ -102,8 +108,8 @@ def main(argv=None) -> int:
     vq_runs, s2s_runs, studies, timings = {}, {}, {}, {}
     for seed in args.seeds:
         base = Path(args.seq2seq_out).resolve() / f"seed{seed}"
-        root, s2s_ckpt, out = base / "vq_seq2seq", base / "seq2seq" / "models" / "model.pt", base / "vq_evaluation"
-        tfile = base / "vq_timings.json"
+        root, s2s_ckpt, out = base / args.name, base / "seq2seq" / "models" / "model.pt", base / f"{args.name}_evaluation"
+        tfile, extra = base / f"{args.name}_timings.json", shlex.split(args.overrides)
         if not args.skip_run:
             TIMINGS.clear()
             TIMINGS.update(json.loads(tfile.read_text()) if tfile.exists() else {})
@@ -111,12 +117,12 @@ def main(argv=None) -> int:
                 sh("vq_train", [py, "-m", "monai.bundle", "run", "--config_file",
                                 "['configs/train.json','configs/quick.json']", "--dataset_dir", str(base / "train"),
                                 "--bundle_root", str(root), "--seed", str(seed)]
-                   + (["--max_epochs", str(args.epochs)] if args.epochs else []), cwd=bundle)
+                   + (["--max_epochs", str(args.epochs)] if args.epochs else []) + extra, cwd=bundle)
             sh("vq_evaluate", [py, "-m", "monai.bundle", "run", "--config_file",
                                "['configs/train.json','configs/quick.json','configs/evaluate.json']",
                                "--dataset_dir", str(base / "test"), "--bundle_root", str(root), "--output_dir", str(out),
                                "--seq2seq_ckpt", str(s2s_ckpt), "--study_cases", str(args.study_cases),
-                               "--study_pairs", args.study_pairs], cwd=bundle)
+                               "--study_pairs", args.study_pairs] + extra, cwd=bundle)
             tfile.write_text(json.dumps(TIMINGS, indent=2))
         vq_runs[seed] = json.loads((out / "summary.json").read_text())
         s2s_runs[seed] = json.loads((base / "evaluation" / "summary.json").read_text())

@@ -28,7 +28,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
-from .seq2seq import Seq2Seq
+from .seq2seq import Seq2Seq, _norm
 
 __all__ = ["VQSeq2Seq", "codebook_stats"]
 
@@ -63,6 +63,10 @@ class VQSeq2Seq(Seq2Seq):
         decay: EMA decay of the codebook updates.
         ddp_sync: all-reduce the codebook statistics across ranks under
             ``torch.distributed`` (the quantizer updates its codebook in the forward pass).
+        latent_norm: a MONAI norm applied to the latent before quantization (e.g. ``"instance"``:
+            zero mean and unit variance per channel and image, the scale of the codebook's
+            initialisation, so that neither the latent-consistency pull nor the commitment can
+            shrink the latents onto a few codes); ``None`` (default, the paper): none.
         kwargs: the other arguments of :class:`~mrsynth.networks.Seq2Seq` (``num_codes``,
             ``channels``, ``num_res_blocks``, ``num_kernels``, ``code_dim``, ``norm``, ``act``,
             ``upsample``, ``final_act``), the paper's size by default.
@@ -86,6 +90,7 @@ class VQSeq2Seq(Seq2Seq):
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         ddp_sync: bool = True,
+        latent_norm=None,
         **kwargs,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, **kwargs)
@@ -93,6 +98,7 @@ class VQSeq2Seq(Seq2Seq):
         width = self.encoder.out_channels
         self.latent_channels, self.codebook_size = int(latent_channels), int(codebook_size)
         self.to_latent = conv(width, latent_channels, kernel_size=1)
+        self.latent_norm = _norm(latent_norm, spatial_dims, latent_channels)
         self.from_latent = conv(latent_channels, width, kernel_size=1)
         self.quantizer = _EMAQuantizer(spatial_dims, codebook_size, latent_channels, commitment_cost=commitment_cost,
                                        decay=decay, ddp_sync=ddp_sync)
@@ -100,7 +106,7 @@ class VQSeq2Seq(Seq2Seq):
     @torch.jit.export
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> the latent before quantization ``z_e`` ``(B, latent_channels, *s)``."""
-        return self.to_latent(self.encode_features(x))
+        return self.latent_norm(self.to_latent(self.encode_features(x)))
 
     @torch.jit.export
     def quantize(self, z_e: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
