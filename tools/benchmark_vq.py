@@ -33,10 +33,17 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-from benchmark_seq2seq import fmt, mean_sd  # noqa: E402
+from benchmark_seq2seq import fmt as fmt_runs  # noqa: E402
+from benchmark_seq2seq import mean_sd  # noqa: E402
 from demo import TIMINGS, sh  # noqa: E402
 
 from mrsynth.workflows.study import format_latent, format_multistep, format_robustness  # noqa: E402
+
+def fmt(values, digits: int = 2) -> str:
+    """Mean ± sd over the runs; the value alone when there is one run."""
+    v = [x for x in values if x is not None]
+    return f"{v[0]:.{digits}f}" if len(v) == 1 else fmt_runs(values, digits)
+
 
 #: the paper's BraTS 2021 figures (PSNR dB / SSIM), for orientation only: other data, other size
 PAPER = {"t1->t2": (27.1, 0.890), "t1->flair": (25.7, 0.847)}
@@ -72,8 +79,9 @@ def markdown(vq_runs: dict, s2s_runs: dict, studies: dict, timings: dict, args) 
              f"{f' with {args.overrides}' if args.overrides else ''}, on the Seq2Seq benchmark's "
              f"run{'s' if len(vq_runs) > 1 else ''} (seed{'s' if len(vq_runs) > 1 else ''} "
              f"{', '.join(map(str, vq_runs))}: phantom 2 mm, the same 16 training subjects, training seed S; 4 unseen "
-             f"test subjects), beside that run's Seq2Seq (quick.json, 200 epochs). Training took {fmt(t, 0)} s on 2 "
-             "CPU cores. Mean ± sd over the runs where there are several.", "",
+             f"test subjects), beside that run's Seq2Seq (quick.json, 200 epochs)."
+             + (f" Training took {fmt(t, 0)} s on 2 CPU cores." if any(x is not None for x in t) else "")
+             + " Mean ± sd over the runs where there are several.", "",
              "**Pairwise** (every available pair of the 4 test subjects):", ""]
     lines += pairwise(vq_runs, s2s_runs)
     study = next(iter(studies.values()))
