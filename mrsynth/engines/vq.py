@@ -100,7 +100,6 @@ class VQSeq2SeqTrainStep(Seq2SeqTrainStep):
         self.translate_prob, self.translate_start_epoch = float(translate_prob), translate_start_epoch
         self.num_sequences = int(num_sequences)
         self.ssim = SSIMLoss(spatial_dims=spatial_dims, data_range=data_range, win_size=7) if ssim_weight else None
-        self._codebook_size = 1
 
     @staticmethod
     def _active(start: int | None, epoch: int) -> bool:
@@ -154,7 +153,7 @@ class VQSeq2SeqTrainStep(Seq2SeqTrainStep):
         out_tgt, out_self, out_cyc, z_q, vq_loss, indices = run_as_forward(
             network, self.vq_passes, x, batch["src_code"], batch["tgt_code"])
         return {"pred": out_tgt, "self": out_self, "cycle": out_cyc, "latent": z_q, "vq_loss": vq_loss,
-                "indices": indices}
+                "indices": indices, "codebook_size": unwrap(network).codebook_size}
 
     @staticmethod
     def head_mask(batch: dict, size, threshold: float = 0.05) -> torch.Tensor:
@@ -189,13 +188,12 @@ class VQSeq2SeqTrainStep(Seq2SeqTrainStep):
         return terms
 
     def logs(self, out: dict, batch: dict) -> dict:
-        perplexity, usage = codebook_stats(out["indices"], self._codebook_size)
+        perplexity, usage = codebook_stats(out["indices"], out["codebook_size"])
         return {"perplexity": perplexity, "codebook_usage": usage}
 
     def compute(self, network, batch: dict) -> dict:
         """The symmetric batch through :class:`Seq2SeqTrainStep`'s split; ``pred`` is ``src->tgt``
         of the original samples."""
-        self._codebook_size = unwrap(network).codebook_size
         out = super().compute(network, self.symmetric(batch))
         out["pred"] = out["pred"][: batch[Keys.IMAGE].shape[0]]
         return out

@@ -227,12 +227,14 @@ class VolumeEvaluation:
         self.log_to_mlflow(summary)
         return summary
 
-    def write_csv(self, rows: list[dict], path) -> None:
+    def write_csv(self, rows: list[dict], path, columns: list[str] | None = None) -> None:
+        """Write ``rows`` as CSV with ``columns`` (default :attr:`columns`; empty cells for missing values)."""
+        columns = self.columns if columns is None else columns
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(self.columns)
+            w.writerow(columns)
             for r in rows:
-                w.writerow([r.get(c) if isinstance(r.get(c), (str, int)) else _fmt(r.get(c)) for c in self.columns])
+                w.writerow([r.get(c) if isinstance(r.get(c), (str, int)) else _fmt(r.get(c)) for c in columns])
 
     def save_map(self, volume, affine, name: str, preview: bool, title: str) -> None:
         out = self.output_dir / "maps" / f"{name}.nii.gz"

@@ -31,7 +31,6 @@ it goes to an MLflow run (as :meth:`VolumeEvaluation.log_to_mlflow`).
 
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
 import math
@@ -47,7 +46,7 @@ from ..errors import find_data_error
 from ..io import atomic_path, save_json, save_nifti
 from ..metrics import pearson_r, psnr, to_numpy
 from ..transforms import CORRUPTIONS, STRENGTHS, corrupt, corruption_levels, extract_slab
-from .evaluation import VolumeEvaluation, _fmt, mean_of
+from .evaluation import VolumeEvaluation, mean_of
 from .synthesis import load_weights, synthesize_volume
 
 __all__ = ["TranslationStudy", "encode_volume", "relative_latent_distance", "latent_affine", "downsample_mask",
@@ -411,10 +410,10 @@ class TranslationStudy(VolumeEvaluation):
                 continue
             for key, r in part.items():
                 rows[key] += r
-        self.write_table(rows["multistep"], MULTISTEP_COLUMNS, self.output_dir / "multistep.csv")
-        self.write_table(rows["robustness"], ROBUSTNESS_COLUMNS, self.output_dir / "robustness.csv")
+        self.write_csv(rows["multistep"], self.output_dir / "multistep.csv", MULTISTEP_COLUMNS)
+        self.write_csv(rows["robustness"], self.output_dir / "robustness.csv", ROBUSTNESS_COLUMNS)
         if self.latents:
-            self.write_table(rows["latent"], LATENT_COLUMNS, self.output_dir / "latent.csv")
+            self.write_csv(rows["latent"], self.output_dir / "latent.csv", LATENT_COLUMNS)
         summary = self.summarize(rows)
         if summary["robustness"]:
             plot_robustness(summary, self.output_dir / "robustness.png")
@@ -422,15 +421,6 @@ class TranslationStudy(VolumeEvaluation):
         logger.info("\n%s", self.format(summary))
         self.log_to_mlflow(summary)
         return summary
-
-    @staticmethod
-    def write_table(rows: list[dict], columns: list[str], path) -> None:
-        """Write ``rows`` as CSV with ``columns`` (empty cells for missing values)."""
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(columns)
-            for r in rows:
-                w.writerow([r.get(c) if isinstance(r.get(c), (str, int)) else _fmt(r.get(c)) for c in columns])
 
     def summarize(self, rows: dict[str, list[dict]]) -> dict:
         """The means per model.
