@@ -5,6 +5,11 @@ Example (from the repository root, with or without the package installed)::
 
     python tools/phantom.py --out data/phantom --subjects 20 --spacing 2 --seed 0 --layout brats
 
+Images under other protocols (brats layout; TUMSyn-style training data), e.g. 4 random
+protocols per case without PD-weighted ones, plus two named evaluation protocols::
+
+    python tools/phantom.py --out data/phantom --protocols 4 --exclude-modalities PDw --presets flair t1_se
+
 See :mod:`mrsynth.data.phantom` for the physics and the files written.
 """
 
@@ -20,7 +25,13 @@ try:
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrsynth.data.phantom import LAYOUTS, write_dataset  # noqa: E402
+from mrsynth.data.phantom import (  # noqa: E402
+    LAYOUTS,
+    PROTOCOL_KINDS,
+    PROTOCOL_MODALITIES,
+    PROTOCOL_PRESETS,
+    write_dataset,
+)
 from mrsynth.sequences import BRATS_SEQUENCES  # noqa: E402
 
 
@@ -35,12 +46,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--drop-max", type=int, default=0, help="drop 0..N random sequences per case (never all)")
     p.add_argument("--pd", action="store_true", help="add the proton-density sequence")
     p.add_argument("--slice-thickness", type=float, default=None, help="average axial slices into slabs of this thickness, mm")
+    p.add_argument("--protocols", type=int, default=0, help="random imaging protocols per case (brats layout), named p00, p01, ...")
+    p.add_argument("--protocol-kinds", nargs="+", choices=PROTOCOL_KINDS, default=list(PROTOCOL_KINDS), help="kinds of the random protocols")
+    p.add_argument(
+        "--exclude-modalities", nargs="+", choices=PROTOCOL_MODALITIES, default=[], help="modalities the random protocols never have (held out)"
+    )
+    p.add_argument("--presets", nargs="+", choices=sorted(PROTOCOL_PRESETS), default=[], help="named protocols imaged in every case (brats layout)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.subjects < 1:
         p.error("--subjects must be at least 1")
     if args.drop_max < 0:
         p.error("--drop-max must be non-negative")
+    if args.protocols < 0:
+        p.error("--protocols must be non-negative")
+    if args.layout != "brats" and (args.protocols or args.presets):
+        p.error("protocols are written in the brats layout only (--protocols, --presets)")
     return args
 
 
@@ -59,9 +80,16 @@ def main(argv=None) -> int:
         drop_max=args.drop_max,
         slice_thickness=args.slice_thickness,
         progress=not args.quiet,
+        protocols=args.protocols,
+        protocol_kinds=tuple(args.protocol_kinds),
+        exclude_modalities=tuple(args.exclude_modalities),
+        presets=args.presets or None,
     )
     elapsed = time.perf_counter() - start
-    print(f"wrote {len(cases)} case(s) ({args.layout} layout, {', '.join(sequences)}) to {args.out.resolve()} in {elapsed:.1f} s")
+    extra = ""
+    if args.protocols or args.presets:
+        extra = f" + {args.protocols} random protocol(s)" + (f", presets {', '.join(args.presets)}" if args.presets else "")
+    print(f"wrote {len(cases)} case(s) ({args.layout} layout, {', '.join(sequences)}{extra}) to {args.out.resolve()} in {elapsed:.1f} s")
     return 0
 
 

@@ -24,21 +24,40 @@ before noise is kept (:attr:`PhantomSubject.noiseless`): PSNR(noiseless, noisy) 
 :func:`mrsynth.metrics.rician_mean`) the best prediction of the noisy target. The tissue map
 (:attr:`PhantomSubject.tissue`) and the compartment fractions are the known answer for contrast.
 
+Beyond the named sequences, the same subject can be imaged under arbitrary protocols (the
+training data of a text-guided model such as TUMSyn must span imaging protocols): a protocol
+is ``{"kind", "TR", "TE", "TI", "FA", "contrast_agent"}`` (:func:`check_protocol`) with a kind
+from :data:`PROTOCOL_KINDS`: ``"se"`` spin echo, ``"spgr"`` spoiled gradient echo, ``"ir"``
+inversion-recovery spin echo, i.e. the three signal models above (:func:`protocol_signal`).
+:func:`simulate_subject` images any ``protocols={name: protocol}`` next to the named sequences,
+with a sidecar describing it (``modality`` is what a radiologist would call it,
+:func:`modality_of`). :func:`random_protocol` draws protocols over clinical ranges (optionally
+holding modalities out), :data:`PROTOCOL_PRESETS` holds named protocols for evaluations, and
+:func:`nominal_signals` predicts the tissue signals (hence tissue ratios) under a protocol;
+:func:`write_dataset` writes random and preset protocols per case (``protocols=``,
+``presets=``).
+
 Everything is deterministic given the arguments. Random numbers come from
 ``numpy.random.default_rng`` streams keyed on the seed, one stream per purpose (anatomy,
-protocol, per-sequence acquisition, per-sequence noise), so that asking for another subset of
-sequences, a thick-slice version or another SNR leaves the rest of the subject unchanged, and
-all random fields live on fixed control grids in millimetres, so the same seed gives the same
-subject at any voxel spacing.
+protocol, per-sequence acquisition, per-sequence noise; extra protocols have their own
+acquisition and noise streams keyed on a CRC-32 of their name), so that asking for another
+subset of sequences, extra protocols, a thick-slice version or another SNR leaves the rest of
+the subject unchanged, and all random fields live on fixed control grids in millimetres, so the
+same seed gives the same subject at any voxel spacing.
 
 Public API: :data:`TISSUE_PARAMETERS`, :func:`load_anatomy`, :func:`simulate_subject`,
-:class:`PhantomSubject`, :func:`write_dataset`.
+:class:`PhantomSubject`, :func:`write_dataset`; protocols: :data:`PROTOCOL_KINDS`,
+:data:`PROTOCOL_PRESETS`, :func:`check_protocol`, :func:`modality_of`, :func:`protocol_signal`,
+:func:`nominal_signals`, :func:`random_protocol`, :func:`preset_image_name`,
+:func:`subject_field_strength`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +65,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..io import save_json, save_nifti
-from ..sequences import sequence_index
+from ..sequences import SEQUENCES, sequence_index
 
 __all__ = [
     "TISSUE_PARAMETERS",
@@ -57,6 +76,16 @@ __all__ = [
     "load_anatomy",
     "simulate_subject",
     "write_dataset",
+    "PROTOCOL_KINDS",
+    "PROTOCOL_MODALITIES",
+    "PROTOCOL_PRESETS",
+    "check_protocol",
+    "modality_of",
+    "protocol_signal",
+    "nominal_signals",
+    "random_protocol",
+    "preset_image_name",
+    "subject_field_strength",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -309,15 +338,285 @@ def _draw_protocols(rng, field_strength: float) -> dict[str, dict]:
 
 def _signal(seq: str, p: dict, protocol: dict) -> float:
     """Signal of one compartment with parameters ``p`` (T1, T2, PD; T1 already post-contrast
-    for ``t1ce``) under ``protocol``."""
-    tr, te, ti, fa = protocol["TR"], protocol["TE"], protocol["TI"], protocol["FA"]
-    if seq == "t1ce":
-        return _spgr(p["PD"], p["T1"], p["T2"], tr, te, fa)
-    if seq in ("t1", "t2", "pd"):
-        return _spin_echo(p["PD"], p["T1"], p["T2"], tr, te)
-    if seq == "flair":
-        return _inversion_recovery(p["PD"], p["T1"], p["T2"], tr, te, ti)
-    raise ValueError(f"no signal model for sequence {seq!r}")
+    for ``t1ce``) under the protocol of the named sequence ``seq`` (TR, TE, TI, FA)."""
+    if seq not in SEQUENCE_KINDS:
+        raise ValueError(f"no signal model for sequence {seq!r}")
+    return protocol_signal({**protocol, "kind": SEQUENCE_KINDS[seq]}, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arbitrary protocols
+# ---------------------------------------------------------------------------------------------
+PROTOCOL_KINDS: tuple[str, ...] = ("se", "spgr", "ir")
+# The kind of each named sequence (its signal model).
+SEQUENCE_KINDS: dict[str, str] = {"t1": "se", "t1ce": "spgr", "t2": "se", "flair": "ir", "pd": "se"}
+KIND_ACQUISITION: dict[str, str] = {
+    "se": "spin echo",
+    "spgr": "3D spoiled gradient echo",
+    "ir": "inversion recovery spin echo",
+}
+# The names modality_of returns.
+PROTOCOL_MODALITIES: tuple[str, ...] = ("T1w", "T1Gd", "T2w", "PDw", "FLAIR", "mixed")
+# Mean of the per-subject enhancing-rim gadolinium concentration draw (U(0.15, 0.4) mM).
+GD_NOMINAL_CONCENTRATION = 0.275
+
+_PROTOCOL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_RESERVED_NAMES = ("seg", "tissue", "fractions")
+
+
+def _number(p: dict, key: str) -> float:
+    v = p.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"protocol key {key!r} must be a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"protocol key {key!r} must be finite, got {v!r}")
+    return v
+
+
+def check_protocol(protocol: dict) -> dict:
+    """Validate an acquisition protocol and return a normalised copy.
+
+    A protocol is ``{"kind": "se" | "spgr" | "ir", "TR": ms, "TE": ms, "TI": ms or None,
+    "FA": degrees, "contrast_agent": bool}``:
+
+    - ``kind``: one of :data:`PROTOCOL_KINDS` (case-insensitive): ``"se"`` spin echo,
+      ``"spgr"`` spoiled gradient echo, ``"ir"`` magnitude inversion-recovery spin echo;
+    - ``TR`` > 0 and 0 < ``TE`` < ``TR``;
+    - ``TI``: required for ``"ir"`` (0 < TI < TR), ``None`` (or absent) otherwise;
+    - ``FA`` in (0, 180]; required for ``"spgr"``; 90 for ``"se"``/``"ir"`` (default 90);
+    - ``contrast_agent``: optional, default ``False``.
+
+    Other keys are ignored (not copied), so a protocol's sidecar is a valid protocol.
+
+    Returns:
+        ``{"kind", "TR", "TE", "TI", "FA", "contrast_agent"}`` with floats (TI ``None`` unless
+        ``"ir"``) and a bool.
+
+    Raises:
+        ValueError: naming the offending key.
+    """
+    if not isinstance(protocol, dict):
+        raise ValueError(f"a protocol must be a dict, got {type(protocol).__name__}")
+    kind = protocol.get("kind")
+    if not isinstance(kind, str) or kind.lower() not in PROTOCOL_KINDS:
+        raise ValueError(f"protocol key 'kind' must be one of {PROTOCOL_KINDS}, got {kind!r}")
+    kind = kind.lower()
+    tr, te = _number(protocol, "TR"), _number(protocol, "TE")
+    if not tr > 0:
+        raise ValueError(f"protocol key 'TR' must be positive, got {tr}")
+    if not te > 0:
+        raise ValueError(f"protocol key 'TE' must be positive, got {te}")
+    if not te < tr:
+        raise ValueError(f"protocol key 'TE' ({te}) must be shorter than TR ({tr})")
+    ti = protocol.get("TI")
+    if kind == "ir":
+        if ti is None:
+            raise ValueError("protocol key 'TI' is required for an inversion-recovery ('ir') protocol")
+        ti = _number(protocol, "TI")
+        if not 0 < ti < tr:
+            raise ValueError(f"protocol key 'TI' must be in (0, TR={tr}), got {ti}")
+    elif ti is not None:
+        raise ValueError(f"protocol key 'TI' must be None for a {kind!r} protocol, got {ti!r}")
+    if kind == "spgr" or protocol.get("FA") is not None:
+        fa = _number(protocol, "FA")
+    else:
+        fa = 90.0
+    if not 0 < fa <= 180:
+        raise ValueError(f"protocol key 'FA' must be in (0, 180], got {fa}")
+    if kind in ("se", "ir") and fa != 90.0:
+        raise ValueError(f"protocol key 'FA' must be 90 for a {kind!r} protocol, got {fa}")
+    agent = protocol.get("contrast_agent", False)
+    if agent is None:
+        agent = False
+    if not isinstance(agent, (bool, np.bool_)):
+        raise ValueError(f"protocol key 'contrast_agent' must be a bool, got {agent!r}")
+    return {"kind": kind, "TR": tr, "TE": te, "TI": ti, "FA": fa, "contrast_agent": bool(agent)}
+
+
+def modality_of(protocol: dict) -> str:
+    """The name a radiologist would give an image of ``protocol`` (the prompt's "Modality").
+
+    Rules (times in ms, flip angle in degrees):
+
+    - ``"ir"``: TI > 1500 (near the CSF null, ln 2 x T1_CSF ~ 2.9 s for a long TR, ~2 s for
+      TR ~ 6 s) -> ``"FLAIR"``; a shorter TI -> ``"T1w"`` (T1-weighted inversion recovery,
+      ``"T1Gd"`` with contrast agent).
+    - ``"se"``: TR < 1000 and TE <= 30 -> ``"T1w"`` (``"T1Gd"`` with contrast agent);
+      TR >= 2000 and TE >= 60 -> ``"T2w"``; TR >= 2000 and TE < 40 -> ``"PDw"``; anything
+      else (intermediate TR, intermediate TE, or a short TR with a long TE, where T2 decay
+      undoes the T1 weighting and CSF outshines white matter) -> ``"mixed"``.
+    - ``"spgr"``: FA >= 15 -> ``"T1w"`` (``"T1Gd"`` with contrast agent): well above the Ernst
+      angle of brain tissue (about 4-14 degrees for TR 5-30 ms), saturation of the long-T1
+      tissues dominates; FA < 15 -> ``"PDw"``: at or below the Ernst angle the steady state
+      is close to fully relaxed, the contrast follows proton density.
+
+    The protocol is validated with :func:`check_protocol`.
+    """
+    p = check_protocol(protocol)
+    kind, tr, te, ti, fa = p["kind"], p["TR"], p["TE"], p["TI"], p["FA"]
+    t1w = "T1Gd" if p["contrast_agent"] else "T1w"
+    if kind == "ir":
+        return "FLAIR" if ti > 1500.0 else t1w
+    if kind == "spgr":
+        return t1w if fa >= 15.0 else "PDw"
+    if tr < 1000.0:
+        return t1w if te <= 30.0 else "mixed"
+    if tr >= 2000.0 and te >= 60.0:
+        return "T2w"
+    if tr >= 2000.0 and te < 40.0:
+        return "PDw"
+    return "mixed"
+
+
+def protocol_signal(protocol: dict, tissue_parameters: dict) -> float:
+    """Signal of one compartment with ``{"T1", "T2", "PD"}`` (ms, ms, relative water) under
+    ``protocol`` (see :func:`check_protocol`), with the signal equation of its kind (module
+    docstring). ``T1`` is used as given: gadolinium shortening is the caller's (see
+    :func:`nominal_signals`)."""
+    p = check_protocol(protocol)
+    pd, t1, t2 = (float(tissue_parameters[k]) for k in ("PD", "T1", "T2"))
+    if p["kind"] == "spgr":
+        return _spgr(pd, t1, t2, p["TR"], p["TE"], p["FA"])
+    if p["kind"] == "se":
+        return _spin_echo(pd, t1, t2, p["TR"], p["TE"])
+    return _inversion_recovery(pd, t1, t2, p["TR"], p["TE"], p["TI"])
+
+
+def _gd_t1(t1: float, field_strength: float, concentration: float) -> float:
+    """T1 (ms) after gadolinium: 1/T1 = 1/T1_0 + r1 C."""
+    return 1.0 / (1.0 / t1 + GD_RELAXIVITY[field_strength] / 1000.0 * concentration)
+
+
+def nominal_signals(protocol: dict, field_strength: float, gd_concentration: float = GD_NOMINAL_CONCENTRATION) -> dict[str, float]:
+    """Signal of every tissue of :data:`TISSUE_PARAMETERS` at its nominal (un-jittered)
+    parameters at ``field_strength`` (1.5 or 3.0 T) under ``protocol``: predicted tissue ratios
+    (GM/WM, CSF/WM, ...) for evaluations. With ``contrast_agent`` the enhancing rim's T1 is
+    shortened by ``gd_concentration`` mM (default: the mean of a subject's draw), as in
+    :func:`simulate_subject`. Bias field, scaling, texture and partial volume are not modelled:
+    compare ratios, in voxels of nearly pure tissue."""
+    fs = float(field_strength)
+    if fs not in FIELD_STRENGTHS:
+        raise ValueError(f"field_strength must be one of {FIELD_STRENGTHS}, got {field_strength}")
+    p = check_protocol(protocol)
+    out = {}
+    for tissue in TISSUES:
+        params = dict(TISSUE_PARAMETERS[tissue][fs])
+        if p["contrast_agent"] and tissue == "enhancing":
+            params["T1"] = _gd_t1(params["T1"], fs, gd_concentration)
+        out[tissue] = protocol_signal(p, params)
+    return out
+
+
+def _rounded(protocol: dict) -> dict:
+    return {k: (round(float(v), 2) if isinstance(v, float) else v) for k, v in protocol.items()}
+
+
+def _draw_one_protocol(rng, field_strength: float, kinds: tuple[str, ...]) -> dict:
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == "se":
+        tr = math.exp(rng.uniform(math.log(300.0), math.log(8000.0)))
+        p = {"kind": kind, "TR": tr, "TE": rng.uniform(8.0, 150.0), "TI": None, "FA": 90.0}
+    elif kind == "spgr":
+        tr = rng.uniform(5.0, 30.0)
+        te = rng.uniform(2.0, min(8.0, tr - 1.0))  # TE < TR also for the shortest TR
+        p = {"kind": kind, "TR": tr, "TE": te, "TI": None, "FA": rng.uniform(3.0, 40.0)}
+    elif rng.random() < 0.5:  # FLAIR-like: TI around the nominal CSF null
+        tr = rng.uniform(6000.0, 11000.0)
+        ti = _csf_null_ti(TISSUE_PARAMETERS["csf"][field_strength]["T1"], tr) * rng.uniform(0.9, 1.1)
+        p = {"kind": kind, "TR": tr, "TE": rng.uniform(80.0, 140.0), "TI": ti, "FA": 90.0}
+    else:  # T1-weighted IR
+        tr = rng.uniform(1500.0, 3000.0)
+        ti = rng.uniform(400.0, 1100.0)
+        p = {"kind": kind, "TR": tr, "TE": rng.uniform(8.0, 20.0), "TI": ti, "FA": 90.0}
+    p["contrast_agent"] = False
+    return check_protocol(_rounded(p))
+
+
+def random_protocol(rng, field_strength: float = 3.0, kinds=PROTOCOL_KINDS, exclude=()) -> dict:
+    """Draw a protocol (see :func:`check_protocol`) spanning clinical ranges.
+
+    The kind is uniform over ``kinds``; then (ms, degrees; U uniform):
+
+    - ``"se"``: TR log-uniform in [300, 8000], TE ~ U(8, 150), FA 90;
+    - ``"spgr"``: TR ~ U(5, 30), TE ~ U(2, min(8, TR - 1)), FA ~ U(3, 40);
+    - ``"ir"``: with probability 1/2 FLAIR-like (TR ~ U(6000, 11000), TI = the CSF null of the
+      nominal CSF T1 at ``field_strength`` times U(0.9, 1.1), TE ~ U(80, 140)), else T1-IR-like
+      (TR ~ U(1500, 3000), TI ~ U(400, 1100), TE ~ U(8, 20)); FA 90.
+
+    No contrast agent. Values are rounded to 2 decimals. A draw whose :func:`modality_of` is in
+    ``exclude`` (names from :data:`PROTOCOL_MODALITIES`) is redrawn, to hold a modality out of
+    training; after 1000 rejected draws, ValueError.
+
+    Args:
+        rng: a ``numpy.random.Generator`` (the draws depend only on its state).
+        field_strength: 1.5 or 3.0 T (sets the FLAIR-like inversion time).
+        kinds: a subset of :data:`PROTOCOL_KINDS`.
+        exclude: modality names to reject.
+    """
+    fs = float(field_strength)
+    if fs not in FIELD_STRENGTHS:
+        raise ValueError(f"field_strength must be one of {FIELD_STRENGTHS}, got {field_strength}")
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(str(k).lower() for k in kinds)
+    if not kinds or any(k not in PROTOCOL_KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {PROTOCOL_KINDS}, got {kinds}")
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    unknown = [m for m in exclude if m not in PROTOCOL_MODALITIES]
+    if unknown:
+        raise ValueError(f"unknown modalities in exclude: {unknown}; known: {PROTOCOL_MODALITIES}")
+    for _ in range(1000):
+        p = _draw_one_protocol(rng, fs, kinds)
+        if modality_of(p) not in exclude:
+            return p
+    raise ValueError(f"no protocol of kinds {kinds} outside modalities {exclude} in 1000 draws")
+
+
+def _preset(kind, tr, te, ti=None, fa=90.0) -> dict:
+    return check_protocol({"kind": kind, "TR": tr, "TE": te, "TI": ti, "FA": fa})
+
+
+# Named protocols for evaluations (3 T values where it matters: the FLAIR inversion time).
+PROTOCOL_PRESETS: dict[str, dict] = {
+    "t1_se": _preset("se", 500.0, 10.0),
+    "pd_se": _preset("se", 3000.0, 12.0),
+    "t2_se_te60": _preset("se", 4000.0, 60.0),
+    "t2_se_te120": _preset("se", 4000.0, 120.0),
+    "flair": _preset("ir", 9000.0, 110.0, ti=float(round(_csf_null_ti(TISSUE_PARAMETERS["csf"][3.0]["T1"], 9000.0)))),
+    "t1_ir": _preset("ir", 2000.0, 10.0, ti=800.0),
+    "spgr_fa5": _preset("spgr", 15.0, 4.0, fa=5.0),
+    "spgr_fa30": _preset("spgr", 15.0, 4.0, fa=30.0),
+}
+
+
+def _check_protocols(protocols, sequences: tuple[str, ...]) -> dict[str, dict]:
+    """Validate ``simulate_subject``'s ``protocols``: names and parameters."""
+    if protocols is None:
+        return {}
+    if not isinstance(protocols, dict):
+        raise ValueError(f"protocols must be a dict name -> protocol, got {type(protocols).__name__}")
+    out: dict[str, dict] = {}
+    seen: dict[str, str] = {}
+    for name, p in protocols.items():
+        if not isinstance(name, str) or not _PROTOCOL_NAME.match(name):
+            raise ValueError(f"protocol name {name!r} must be letters, digits and underscores")
+        low = name.lower()
+        if low in sequences:
+            raise ValueError(f"protocol name {name!r} collides with a requested sequence")
+        if low in _RESERVED_NAMES or low.endswith("_noiseless"):
+            raise ValueError(f"protocol name {name!r} is reserved (it would collide with a dataset file)")
+        if low in seen:
+            raise ValueError(f"protocol names {seen[low]!r} and {name!r} differ only in case")
+        seen[low] = name
+        try:
+            out[name] = check_protocol(p)
+        except ValueError as e:
+            raise ValueError(f"protocol {name!r}: {e}") from None
+    return out
+
+
+def _stream_key(name: str) -> int:
+    """A stable integer for a protocol name (random streams; never Python's salted hash())."""
+    return zlib.crc32(name.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,6 +697,17 @@ def _draw_tumours(rng, n: int) -> list[dict]:
     return tumours
 
 
+def _draw_field_strength(rng) -> float:
+    """The first draw of a subject's stream: 3 T with probability 0.6, else 1.5 T."""
+    return FIELD_STRENGTHS[int(rng.random() < 0.6)]
+
+
+def subject_field_strength(seed: int) -> float:
+    """The field strength :func:`simulate_subject` draws for ``seed`` (when not forced), without
+    simulating: the first draw of the subject's stream."""
+    return _draw_field_strength(np.random.default_rng([int(seed), 0]))
+
+
 def simulate_subject(
     seed: int,
     spacing: float = 2.0,
@@ -406,6 +716,7 @@ def simulate_subject(
     field_strength: float | None = None,
     slice_thickness: float | None = None,
     n_tumours: int | None = None,
+    protocols: dict[str, dict] | None = None,
 ) -> PhantomSubject:
     """Simulate one subject.
 
@@ -420,6 +731,13 @@ def simulate_subject(
             ``spacing x spacing x slice_thickness``. The same seed without it gives the
             matching high-resolution subject.
         n_tumours: force the number of tumours (0-3 typical); ``None`` draws 0-3.
+        protocols: extra images, name -> protocol (:func:`check_protocol`), imaged like the
+            named sequences (same anatomy, texture and shared bias field; their own bias,
+            scaling and noise streams keyed on the name, gadolinium T1 shortening with
+            ``contrast_agent``). Names: letters, digits and underscores, none of the requested
+            ``sequences`` (nor ``seg``, ``tissue``, ``fractions``, ``*_noiseless``). They go
+            into ``images``, ``noiseless``, ``noise_sigma`` and ``sidecars`` (``modality`` from
+            :func:`modality_of`, plus ``kind``); the named sequences' images do not change.
 
     Returns:
         :class:`PhantomSubject`.
@@ -430,6 +748,7 @@ def simulate_subject(
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr}")
     sequences = _check_sequences(sequences)
+    extra = _check_protocols(protocols, sequences)
     spacing = float(spacing)
     if slice_thickness is not None:
         slice_thickness = float(slice_thickness)
@@ -447,7 +766,7 @@ def simulate_subject(
 
     # --- subject-level draws (one stream, fixed order) ---------------------------------------
     rng = np.random.default_rng([seed, 0])
-    drawn_field = FIELD_STRENGTHS[int(rng.random() < 0.6)]
+    drawn_field = _draw_field_strength(rng)
     fs = drawn_field if field_strength is None else field_strength
     age = int(rng.integers(18, 86))
     sex = "M" if rng.random() < 0.5 else "F"
@@ -555,6 +874,19 @@ def simulate_subject(
         bias = np.exp(bias_shared_amp * bias_shared + srng.uniform(0.01, 0.04) * _smooth_field(srng, axes, _BIAS_CTRL_MM))
         scale = 10 ** srng.uniform(2.0, 3.5)
         noiseless[s] = (img * bias * scale).astype(np.float32)
+    # Extra protocols: the same imaging, streams keyed on the name (tags 6 and 7), after the
+    # named sequences so that those are untouched.
+    for name, prot in extra.items():
+        p = {k: dict(v) for k, v in params.items()}
+        if prot["contrast_agent"]:
+            p["enhancing"]["T1"] = 1.0 / (1.0 / p["enhancing"]["T1"] + r1 * gd_conc)
+        sig = {k: protocol_signal(prot, p[k]) for k in TISSUES}
+        img = sum(sig[k] * fractions[k] for k in normal) * normal_tex
+        img += sum(sig[k] * fractions[k] for k in TISSUES if k not in normal) * tumour_tex
+        srng = np.random.default_rng([seed, 6, _stream_key(name)])
+        bias = np.exp(bias_shared_amp * bias_shared + srng.uniform(0.01, 0.04) * _smooth_field(srng, axes, _BIAS_CTRL_MM))
+        scale = 10 ** srng.uniform(2.0, 3.5)
+        noiseless[name] = (img * bias * scale).astype(np.float32)
 
     out_affine = affine.copy()
     voxel_size = [spacing, spacing, spacing]
@@ -585,10 +917,11 @@ def simulate_subject(
     if wm_region.sum() < 10:
         wm_region = fractions["wm"] >= 0.5
     images, sigmas = {}, {}
-    for s in sequences:
+    for s in (*sequences, *extra):
         clean = noiseless[s]
         sigma = float(clean[wm_region].mean()) / snr
-        nrng = np.random.default_rng([seed, 3, sequence_index(s)])
+        key = [seed, 3, sequence_index(s)] if s in sequences else [seed, 7, _stream_key(s)]
+        nrng = np.random.default_rng(key)
         n1 = nrng.standard_normal(clean.shape, dtype=np.float32)
         n2 = nrng.standard_normal(clean.shape, dtype=np.float32)
         n1 *= sigma
@@ -618,13 +951,33 @@ def simulate_subject(
         }
         for s in sequences
     }
+    for name, prot in extra.items():
+        acquisition = KIND_ACQUISITION[prot["kind"]] + (", post-contrast" if prot["contrast_agent"] else "")
+        sidecars[name] = {
+            "age": age,
+            "sex": sex,
+            "field_strength": fs,
+            "vendor": vendor,
+            "scanner": scanner,
+            "modality": modality_of(prot),
+            "sequence": name,
+            "acquisition": acquisition,
+            "voxel_size": [float(v) for v in voxel_size],
+            "TR": prot["TR"],
+            "TE": prot["TE"],
+            "TI": prot["TI"],
+            "FA": prot["FA"],
+            "snr": float(snr),
+            "contrast_agent": prot["contrast_agent"],
+            "kind": prot["kind"],
+        }
     info = {
         "seed": seed,
         "field_strength": fs,
         "tissue_parameters": params,
         "gd_concentration_mM": gd_conc,
         "tumours": [{**t, "centre": [round(float(c), 2) for c in t["centre"]]} for t in tumours],
-        "protocols": {s: protocols[s] for s in sequences},
+        "protocols": {**{s: protocols[s] for s in sequences}, **{n: dict(p) for n, p in extra.items()}},
     }
     return PhantomSubject(
         images=images,
@@ -677,6 +1030,14 @@ def save_fractions(subject: PhantomSubject, dest) -> Path:
     return Path(dest)
 
 
+def preset_image_name(key: str) -> str:
+    """The image name :func:`write_dataset` gives preset ``key``: the key, or ``preset_<key>``
+    when the key is also a named sequence (:data:`mrsynth.sequences.SEQUENCES`, e.g. ``flair``)."""
+    if key not in PROTOCOL_PRESETS:
+        raise ValueError(f"unknown preset {key!r}; known: {sorted(PROTOCOL_PRESETS)}")
+    return f"preset_{key}" if key in SEQUENCES else key
+
+
 def write_dataset(
     out,
     subjects: int,
@@ -688,6 +1049,10 @@ def write_dataset(
     drop_max: int = 0,
     slice_thickness=None,
     progress: bool = True,
+    protocols: int = 0,
+    protocol_kinds=PROTOCOL_KINDS,
+    exclude_modalities=(),
+    presets: list[str] | None = None,
 ) -> list[str]:
     """Simulate ``subjects`` cases and write them under ``out``; return the case ids.
 
@@ -706,6 +1071,17 @@ def write_dataset(
 
     ``drop_max > 0`` removes a random 0..``drop_max`` sequences from each case (at least one
     always remains); their files are not written and are listed under ``missing``.
+
+    Protocols (brats layout only, ValueError for ``"nnseq2seq"``): each case also gets
+    ``protocols`` random protocols, drawn in order with :func:`random_protocol` from
+    ``numpy.random.default_rng([subject seed, 5])`` at the subject's field strength
+    (:func:`subject_field_strength`), with ``protocol_kinds`` and ``exclude=exclude_modalities``,
+    named ``p00``, ``p01``, ...; and the ``presets`` (keys of :data:`PROTOCOL_PRESETS`), named
+    :func:`preset_image_name` ``(key)``: the key itself, or ``preset_<key>`` for a key that is
+    also a named sequence (``flair``), so that it never overwrites the named sequence's files.
+    They are written like the sequences (``<case>_<name>.nii.gz``, ``_noiseless``, ``.json``;
+    the sidecar describes the protocol) and never dropped; ``phantom.json`` lists them per case
+    under ``protocols``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -713,23 +1089,49 @@ def write_dataset(
     if subjects < 0 or drop_max < 0:
         raise ValueError("subjects and drop_max must be non-negative")
     sequences = _check_sequences(sequences)
+    n_protocols = int(protocols)
+    if n_protocols < 0:
+        raise ValueError(f"protocols must be non-negative, got {protocols}")
+    presets = [presets] if isinstance(presets, str) else list(presets or ())
+    unknown = [k for k in presets if k not in PROTOCOL_PRESETS]
+    if unknown:
+        raise ValueError(f"unknown presets {unknown}; known: {sorted(PROTOCOL_PRESETS)}")
+    if len(set(presets)) != len(presets):
+        raise ValueError(f"duplicate presets in {presets}")
+    if layout != "brats" and (n_protocols > 0 or presets):
+        raise ValueError("protocols are written in the brats layout only")
+    protocol_kinds = (protocol_kinds,) if isinstance(protocol_kinds, str) else tuple(protocol_kinds)
+    exclude_modalities = (exclude_modalities,) if isinstance(exclude_modalities, str) else tuple(exclude_modalities)
+    preset_names = {k: preset_image_name(k) for k in presets}
+    fixed = {preset_names[k]: PROTOCOL_PRESETS[k] for k in presets}
+    if n_protocols:  # fail early on bad kinds / modalities (this draw is discarded)
+        random_protocol(np.random.default_rng(0), 3.0, protocol_kinds, exclude_modalities)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     from tqdm.auto import tqdm
 
-    cases, missing, seeds = [], {}, {}
+    cases, missing, seeds, case_protocols = [], {}, {}, {}
     for i in tqdm(range(subjects), desc="phantom", unit="case", disable=not progress):
         case = f"PHANTOM_{i:04d}"
         sub_seed = subject_seed(seed, i)
         kept = _kept_sequences(sub_seed, sequences, drop_max)
-        subj = simulate_subject(sub_seed, spacing=spacing, snr=snr, sequences=kept, slice_thickness=slice_thickness)
+        extra = {}
+        if n_protocols:
+            prng = np.random.default_rng([sub_seed, 5])
+            fs = subject_field_strength(sub_seed)
+            extra = {f"p{j:02d}": random_protocol(prng, fs, protocol_kinds, exclude_modalities) for j in range(n_protocols)}
+        extra.update(fixed)
+        subj = simulate_subject(
+            sub_seed, spacing=spacing, snr=snr, sequences=kept, slice_thickness=slice_thickness, protocols=extra or None
+        )
         cases.append(case)
         seeds[case] = sub_seed
         missing[case] = [s for s in sequences if s not in kept]
+        case_protocols[case] = list(extra)
         if layout == "brats":
             folder = out / case
-            for s in kept:
+            for s in (*kept, *extra):
                 save_nifti(subj.images[s], subj.affine, folder / f"{case}_{s}.nii.gz")
                 save_nifti(subj.noiseless[s], subj.affine, folder / f"{case}_{s}_noiseless.nii.gz")
                 save_json(subj.sidecars[s], folder / f"{case}_{s}.json")
@@ -774,6 +1176,11 @@ def write_dataset(
             "labels": dict(LABELS),
             "cases": cases,
             "missing": missing,
+            "random_protocols": n_protocols,
+            "protocol_kinds": list(protocol_kinds),
+            "exclude_modalities": list(exclude_modalities),
+            "presets": preset_names,
+            "protocols": case_protocols,
         },
         out / "phantom.json",
     )
