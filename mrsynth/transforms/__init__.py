@@ -1,10 +1,13 @@
-"""MONAI map transforms: loading with validation, the papers' normalisation, pair sampling."""
+"""MONAI map transforms: loading with validation, the papers' normalisation, pair sampling,
+TUMSyn's text prompts."""
 
 from .augment import RandDomainAugmentd
 from .corruption import (CORRUPTION_LEVELS, CORRUPTIONS, STRENGTHS, RandMotionGhosting, corrupt, corruption_levels,
                          reference_level)
 from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range
 from .io import LoadSequencesd
+from .prompt import (DEFAULT_CONTEXT_LENGTH, Prompt, PromptError, PromptFromSidecard, PromptTokenizer, TokenizePromptd,
+                     format_prompt)
 from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
 
 __all__ = [
@@ -29,4 +32,11 @@ __all__ = [
     "corrupt",
     "corruption_levels",
     "reference_level",
+    "Prompt",
+    "PromptError",
+    "PromptTokenizer",
+    "PromptFromSidecard",
+    "TokenizePromptd",
+    "format_prompt",
+    "DEFAULT_CONTEXT_LENGTH",
 ]
