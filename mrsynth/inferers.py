@@ -17,7 +17,7 @@ from monai.inferers import Inferer
 from .amp import as_bool, autocast
 from .transforms.sampling import slab_indices
 
-__all__ = ["PerSampleInferer", "SlabInferer"]
+__all__ = ["ImplicitSlidingWindowInferer", "PerSampleInferer", "SlabInferer"]
 
 
 def sample_args(args, i: int, batch: int) -> list:
@@ -121,3 +121,108 @@ class PerSampleInferer(Inferer):
             with autocast(inputs.device, enabled=self.amp):
                 outs.append(self.inferer(inputs[i : i + 1], network, *extra, **kwargs).float())
         return torch.cat(outs)
+
+
+def _window_starts(n: int, roi: int, step: int) -> list[int]:
+    """Window starts covering ``n`` voxels with windows of ``roi`` and stride ``step`` (the last
+    window flush with the end)."""
+    if n <= roi:
+        return [0]
+    starts = list(range(0, n - roi, step)) + [n - roi]
+    return sorted(set(starts))
+
+
+class ImplicitSlidingWindowInferer(Inferer):
+    """Sliding-window inference of a coordinate-query network (:class:`~mrsynth.networks.TUMSyn`)
+    onto an output grid of any size.
+
+    The output grid covers the input's field of view: output voxel ``j`` of an axis of ``n'``
+    voxels sits at the input's continuous voxel index ``u = (j + 0.5) n / n' - 0.5``. The input
+    is cut into ``roi_size`` windows overlapping by ``overlap``; each window is encoded once
+    (``network.encode(window, text)``), then the output voxels whose centres fall inside it are
+    queried in chunks of ``points_per_chunk`` (``network.query(features, coords)``), and the
+    predictions of overlapping windows are blended with a Gaussian weight of the distance to
+    the window's centre (``sigma_scale * roi_size``), as MONAI's
+    :class:`~monai.inferers.SlidingWindowInferer` does for dense outputs.
+
+    Memory: one window's features (``features x roi^3`` floats and the encoder's activations),
+    one chunk of queries (``points_per_chunk x`` the decoder's widest layer), and two
+    float32 output-size accumulators, whatever the output size.
+
+    Args:
+        roi_size: window edge in input voxels (paper 60).
+        overlap: fraction of overlap between neighbouring windows (paper 0.5).
+        points_per_chunk: query points per decoder call.
+        sigma_scale: Gaussian blending width relative to the window.
+        skip_below: windows whose input never exceeds this are not run (background, 0 there).
+        amp: mixed precision where the device runs it natively (:func:`mrsynth.amp.autocast`).
+
+    Call: ``inferer(inputs (1, C, X, Y, Z), network, tokens (1, L), output_shape=(X', Y', Z'))``
+    -> ``(1, 1, X', Y', Z')``.
+    """
+
+    def __init__(self, roi_size: int = 60, overlap: float = 0.5, points_per_chunk: int = 65536,
+                 sigma_scale: float = 0.125, skip_below: float | None = 1e-3, amp: bool = False) -> None:
+        super().__init__()
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self.roi_size, self.overlap = int(roi_size), float(overlap)
+        self.points_per_chunk, self.sigma_scale = int(points_per_chunk), float(sigma_scale)
+        self.skip_below, self.amp = skip_below, as_bool(amp, "amp")
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, network, tokens: torch.Tensor, output_shape=None, **kwargs) -> torch.Tensor:
+        if inputs.ndim != 5 or inputs.shape[0] != 1:
+            raise ValueError(f"ImplicitSlidingWindowInferer expects one volume (1, C, X, Y, Z), got {tuple(inputs.shape)}")
+        x = torch.as_tensor(inputs).float()
+        dev = x.device
+        shape_in = list(x.shape[2:])
+        shape_out = [int(v) for v in (output_shape or shape_in)]
+        with autocast(dev, enabled=self.amp):
+            text = network.encode_text(tokens.to(dev))
+        # input-index position of every output voxel centre, per axis
+        u = [(torch.arange(m, device=dev, dtype=torch.float64) + 0.5) * n / m - 0.5 for n, m in zip(shape_in, shape_out)]
+        acc = torch.zeros(shape_out, dtype=torch.float32, device=dev)
+        wsum = torch.zeros(shape_out, dtype=torch.float32, device=dev)
+        rois = [min(self.roi_size, n) for n in shape_in]
+        steps = [max(1, int(round(r * (1 - self.overlap)))) for r in rois]
+        for s0 in _window_starts(shape_in[0], rois[0], steps[0]):
+            for s1 in _window_starts(shape_in[1], rois[1], steps[1]):
+                for s2 in _window_starts(shape_in[2], rois[2], steps[2]):
+                    starts = (s0, s1, s2)
+                    win = x[:, :, s0 : s0 + rois[0], s1 : s1 + rois[1], s2 : s2 + rois[2]]
+                    if self.skip_below is not None and float(win.max()) <= self.skip_below:
+                        continue
+                    self._window(network, win, text, starts, rois, u, acc, wsum)
+        return torch.where(wsum > 0, acc / wsum.clamp_min(1e-30), 0.0)[None, None]
+
+    def _window(self, network, win, text, starts, rois, u, acc, wsum) -> None:
+        # output voxels inside this window: input position in [start - 0.5, start + roi - 0.5)
+        idx, rel, wts = [], [], []
+        for ax in range(3):
+            lo, r = starts[ax], rois[ax]
+            inside = torch.nonzero((u[ax] >= lo - 0.5) & (u[ax] < lo + r - 0.5)).flatten()
+            pos = u[ax][inside] - lo  # position inside the window, voxels
+            idx.append(inside)
+            rel.append(((2 * pos + 1) / r - 1).float())  # normalised window coordinate
+            c, sigma = (r - 1) / 2, self.sigma_scale * r
+            wts.append(torch.exp(-0.5 * ((pos - c) / sigma) ** 2).float().clamp_min(1e-2))
+        sizes = [len(i) for i in idx]
+        total = sizes[0] * sizes[1] * sizes[2]
+        if total == 0:
+            return
+        with autocast(win.device, enabled=self.amp):
+            feats = network.encode(win, text)
+        sub_acc = torch.empty(total, dtype=torch.float32, device=win.device)
+        for a in range(0, total, self.points_per_chunk):
+            flat = torch.arange(a, min(a + self.points_per_chunk, total), device=win.device)
+            i2 = flat % sizes[2]
+            i1 = (flat // sizes[2]) % sizes[1]
+            i0 = flat // (sizes[1] * sizes[2])
+            coords = torch.stack([rel[0][i0], rel[1][i1], rel[2][i2]], dim=-1)[None]
+            with autocast(win.device, enabled=self.amp):
+                sub_acc[a : a + len(flat)] = network.query(feats, coords)[0].float()
+        w = wts[0][:, None, None] * wts[1][None, :, None] * wts[2][None, None, :]
+        block = (idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :])
+        acc[block] += sub_acc.view(sizes) * w
+        wsum[block] += w

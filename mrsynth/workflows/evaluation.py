@@ -46,7 +46,8 @@ from ..metrics import (LPIPS, RATIOS, affine_remap_baseline, contrast_ratios, co
                        differentiation_map, pearson_r, psnr, rician_mean, rician_sigma, save_map_preview, save_pair_grid,
                        ssim, ssim_map, synthesis_checks, tissue_oracle, worst_ratio, write_contribution)
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled
-from .synthesis import load_weights, synthesize_volume
+from .conditioning import TargetCode
+from .synthesis import load_weights, synthesize
 
 __all__ = ["VolumeEvaluation", "PairwiseEvaluation", "foreground_mask", "format_table", "format_contrast_table", "mean_of",
            "COLUMNS", "CONTRAST_COLUMNS", "LESION"]
@@ -118,6 +119,11 @@ class VolumeEvaluation:
             LoadSequencesd(self.sequences + noiseless + ["seg", "tissue", "fractions"]),
             ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences, **scale),
         ])
+
+    def conditioning(self, target: str):
+        """What the network is asked for to synthesize ``target`` (:mod:`mrsynth.workflows.conditioning`):
+        its code by default; a bundle whose network is conditioned otherwise overrides this."""
+        return TargetCode(target, self.sequences)
 
     def prepare(self) -> None:
         """Load weights and put the network in evaluation mode (called by :meth:`run`)."""
@@ -294,8 +300,8 @@ class PairwiseEvaluation(VolumeEvaluation):
         rows, grid = [], []
         z = self.grid_slice(d, vols[avail[0]])
         for t in avail:
-            code = self.sequences.index(t)
-            preds = {s: synthesize_volume(self.network, self.inferer, d[s], code, self.device)[0].numpy()
+            condition = self.conditioning(t)
+            preds = {s: synthesize(self.network, self.inferer, condition, d, [s], self.sequences, self.device)[0].numpy()
                      for s in avail}
             tgt = vols[t]
             for s in avail:

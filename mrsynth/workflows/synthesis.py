@@ -15,8 +15,9 @@ from ..errors import DataError, find_data_error
 from ..io import save_json, save_nifti
 from ..sequences import sequence_index
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range
+from .conditioning import Conditioning, TargetCode, TargetCodeFusion
 
-__all__ = ["SynthesisInference", "synthesize_volume", "load_weights"]
+__all__ = ["SynthesisInference", "synthesize", "synthesize_volume", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +59,29 @@ def synthesize_volume(network, inferer, volume: torch.Tensor, code: int, device,
     return inferer(x, network, m, c)[0].cpu()
 
 
+@torch.no_grad()
+def synthesize(network, inferer, condition, d: dict, sources: list[str], sequences, device) -> torch.Tensor:
+    """The synthesis that ``condition`` (:mod:`mrsynth.workflows.conditioning`) asks for, from the
+    preprocessed case ``d``: one call with every source for a many-to-one condition, else the
+    mean of one call per source. Returns ``(1, *output_spatial)`` on the CPU."""
+    groups = [sources] if condition.many_to_one else [[s] for s in sources]
+    preds = []
+    for group in groups:
+        x, args, kwargs = condition.inputs(d, group, sequences, device)
+        preds.append(inferer(x, network, *args, **kwargs)[0].float().cpu())
+    return torch.stack(preds).mean(0)
+
+
 class SynthesisInference:
     """For every case under ``dataset_dir``, synthesize ``target`` and write
-    ``<output_dir>/<case>/<case>_<target>_syn.nii.gz`` in the input's geometry (same shape and
-    affine) and intensity scale.
+    ``<output_dir>/<case>/<case>_<target>_syn.nii.gz`` in the input's intensity scale, on the grid
+    the conditioning asks for (the input's, unless a new voxel size is asked for).
 
     Args:
         network: the synthesis network (weights loaded from ``ckpt_path`` at :meth:`run`).
         inferer: whole-volume inferer, ``inferer(x (1, 1, H, W, D), network, code)``.
         sequences: the bundle's sequence names in code order.
-        target: the sequence to synthesize.
+        target: the sequence to synthesize (with ``condition``: only its name in file names).
         dataset_dir: a BraTS- or nnSeq2Seq-layout folder.
         output_dir: where the syntheses go.
         source: ``"all"`` (default: the mean of the syntheses from every available sequence
@@ -80,23 +94,30 @@ class SynthesisInference:
             papers' [-1, 1] scaling); the output is mapped back with the first source's scale.
         many_to_one: the network fuses all sources in one call (TSF-Seq2Seq): it gets every
             source volume (zeros for the absent ones) and the availability mask, instead of one
-            synthesis per source averaged.
+            synthesis per source averaged (:class:`~mrsynth.workflows.TargetCodeFusion`).
+        condition: what the network is asked for (:mod:`mrsynth.workflows.conditioning`);
+            default :class:`~mrsynth.workflows.TargetCode` of ``target`` (or
+            :class:`~mrsynth.workflows.TargetCodeFusion` with ``many_to_one``). TUMSyn passes a
+            :class:`~mrsynth.workflows.TargetPrompt`.
 
     A case that cannot be read is skipped with a warning naming the file; the others are
     written, then :meth:`run` raises :class:`DataError` listing the skipped cases.
     """
 
     def __init__(self, network, inferer, sequences, target, dataset_dir, output_dir, source="all",
-                 ckpt_path=None, device="cpu", preprocessing=None, layout="auto", many_to_one: bool = False):
+                 ckpt_path=None, device="cpu", preprocessing=None, layout="auto", many_to_one: bool = False,
+                 condition: Conditioning | None = None):
         self.sequences = [s.lower() for s in sequences]
-        self.target = str(target).lower()
-        self.code = sequence_index(self.target, self.sequences)
+        if condition is None:
+            condition = (TargetCodeFusion if many_to_one else TargetCode)(target, self.sequences)
+        self.condition = condition
+        self.target = str(target).lower() if target else condition.name
         if not isinstance(source, str) or source != "all":
             for s in [source] if isinstance(source, str) else source:
                 sequence_index(s, self.sequences)
         self.network, self.inferer, self.source = network, inferer, source
         self.dataset_dir, self.output_dir, self.layout = Path(dataset_dir), Path(output_dir), layout
-        self.ckpt_path, self.device, self.many_to_one = ckpt_path, torch.device(device), many_to_one
+        self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.preprocessing = preprocessing or Compose(
             [LoadSequencesd(self.sequences), ScalePercentiled(self.sequences, **PAPER)]
         )
@@ -138,21 +159,17 @@ class SynthesisInference:
 
     def _one(self, case: dict) -> Path:
         sources = self.sources_for(case)
-        d = self.preprocessing({k: case[k] for k in ["case", *sources]})
-        if self.many_to_one:
-            ref = d[sources[0]]
-            vols = torch.cat([torch.as_tensor(d[s]) if s in sources else torch.zeros_like(torch.as_tensor(ref))
-                              for s in self.sequences])
-            mask = [float(s in sources) for s in self.sequences]
-            pred = synthesize_volume(self.network, self.inferer, vols, self.code, self.device, mask)[0].numpy()
-        else:
-            preds = [synthesize_volume(self.network, self.inferer, d[s], self.code, self.device) for s in sources]
-            pred = torch.stack(preds).mean(0)[0].numpy()
+        keys = ["case", *sources, *(k for s in sources for k in (f"{s}_meta",) if k in case)]
+        d = self.preprocessing({k: case[k] for k in keys})
+        pred = synthesize(self.network, self.inferer, self.condition, d, sources, self.sequences, self.device)[0].numpy()
         lo, hi, b_min, b_max = d[f"{sources[0]}_scale"]
         ref = d[sources[0]]
+        affine, shape = self.condition.geometry(np.asarray(ref.affine), ref.shape[1:])
+        if tuple(pred.shape) != tuple(shape):
+            raise RuntimeError(f"the network returned shape {tuple(pred.shape)} for an output grid of {tuple(shape)}")
         out = self.output_path(case["case"])
-        save_nifti(invert_range(pred, lo, hi, b_min, b_max), np.asarray(ref.affine), out)
-        save_json({"case": case["case"], "target": self.target, "sources": sources,
+        save_nifti(invert_range(pred, lo, hi, b_min, b_max), affine, out)
+        save_json({"case": case["case"], **self.condition.describe(), "target": self.target, "sources": sources,
                    "source_files": [case[s] for s in sources], "intensity_scale_of": sources[0],
                    "scale": [lo, hi, b_min, b_max]}, out.with_name(out.name.replace(".nii.gz", ".json")))
         logger.info("%s: %s <- %s", out, self.target, "+".join(sources))
