@@ -1,0 +1,110 @@
+"""TUMSyn's two training steps (papers.md section 4), as ignite iteration functions.
+
+- :class:`CLIPTrainStep` (stage 1): symmetric InfoNCE between the image and text embeddings
+  of a batch of (volume, prompt) pairs, with the model's learnable temperature.
+- :class:`TUMSynTrainStep` (stage 2): both directions of a pair in one call, ``0.5 * L(G(src,
+  prompt_tgt)(x), tgt(x)) + 0.5 * L(G(tgt, prompt_src)(x), src(x))`` at the query points ``x``,
+  with ``L`` the trainer's ``loss_function`` (the paper: L1).
+
+Batch keys are those of :class:`~mrsynth.transforms.RandImplicitPaird` followed by
+:class:`~mrsynth.transforms.TokenizePromptd` on ``image_prompt`` / ``label_prompt``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.utils import CommonKeys as Keys
+
+from .base import TrainStep, run_as_forward
+
+__all__ = ["CLIPTrainStep", "TUMSynTrainStep", "clip_loss", "retrieval_output"]
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE of L2-normalised embeddings ``(B, E)``: ``(loss, logits)``, the
+    logits ``(B, B)`` image-to-text. Pair ``i`` is the positive of row and column ``i``."""
+    logits = logit_scale * image @ text.t()
+    target = torch.arange(image.shape[0], device=image.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)), logits
+
+
+def retrieval_output(output):
+    """For ignite's ``Accuracy`` in stage 1's validation: ``(logits, targets)`` from an evaluator
+    output whose ``pred`` is the CLIP model's ``(image, text, logit_scale)`` (batched or a
+    decollated list): image-to-text retrieval within the batch."""
+    if isinstance(output, list):  # decollated: one (image, text, scale) per sample
+        img = torch.stack([torch.as_tensor(o[Keys.PRED][0]) for o in output])
+        txt = torch.stack([torch.as_tensor(o[Keys.PRED][1]) for o in output])
+    else:
+        img, txt, _ = output[Keys.PRED]
+    logits = img @ txt.t()
+    return logits, torch.arange(img.shape[0], device=logits.device)
+
+
+class CLIPTrainStep(TrainStep):
+    """Stage 1: ``network(image, tokens) -> (image_emb, text_emb, logit_scale)``; one term,
+    ``contrastive`` (symmetric InfoNCE). ``pred`` is the image-to-text logits; the logs add
+    ``logit_scale`` and the batch's image-to-text retrieval accuracy ``retrieval_acc``.
+
+    Args:
+        tokens_key: the batch key of the prompts' tokens.
+
+    Under DDP the negatives are those of each rank's batch (no gather across ranks).
+    """
+
+    def __init__(self, tokens_key: str = "image_prompt_tokens") -> None:
+        self.tokens_key = tokens_key
+
+    def outputs(self, network, batch: dict) -> dict:
+        img, txt, scale = run_as_forward(network, lambda net, x, t: net(x, t), batch[Keys.IMAGE], batch[self.tokens_key])
+        loss, logits = clip_loss(img, txt, scale)
+        return {"pred": logits, "contrastive": loss, "logit_scale": scale}
+
+    def terms(self, out: dict, batch: dict) -> dict:
+        return {"contrastive": (1.0, out["contrastive"])}
+
+    def logs(self, out: dict, batch: dict) -> dict:
+        logits = out["pred"].detach()
+        acc = (logits.argmax(1) == torch.arange(logits.shape[0], device=logits.device)).float().mean()
+        return {"logit_scale": out["logit_scale"].detach(), "retrieval_acc": acc}
+
+
+class TUMSynTrainStep(TrainStep):
+    """Stage 2: ``network(image, tokens, coords) -> (B, N)``.
+
+    One network call runs both directions (the batch concatenated): the source cube with the
+    target prompt against the target's values, the target cube with the source prompt against
+    the source's values. Terms ``forward`` and ``backward``, weight ``0.5`` each (the paper).
+
+    Args:
+        backward_weight: weight of the target -> source direction (0 runs only the forward one).
+        forward_weight: weight of the source -> target direction.
+        loss: the per-point loss (default: the trainer's ``loss_function``).
+    """
+
+    def __init__(self, forward_weight: float = 0.5, backward_weight: float = 0.5, loss=None) -> None:
+        self.forward_weight, self.backward_weight, self.loss = float(forward_weight), float(backward_weight), loss
+
+    @staticmethod
+    def passes(net, src, tgt, src_tokens, tgt_tokens, coords, both: bool):
+        if not both:
+            return net(src, tgt_tokens, coords), None
+        n = src.shape[0]
+        out = net(torch.cat([src, tgt]), torch.cat([tgt_tokens, src_tokens]), torch.cat([coords, coords]))
+        return out[:n], out[n:]
+
+    def outputs(self, network, batch: dict) -> dict:
+        fwd, bwd = run_as_forward(network, self.passes, batch[Keys.IMAGE], batch["label_lr"],
+                                  batch["image_prompt_tokens"], batch["label_prompt_tokens"], batch["coords"],
+                                  bool(self.backward_weight))
+        return {"pred": fwd, "backward": bwd}
+
+    def terms(self, out: dict, batch: dict) -> dict:
+        L = self.criterion()
+        zero = torch.zeros((), device=out["pred"].device)
+        return {
+            "forward": (self.forward_weight, L(out["pred"].float(), batch[Keys.LABEL])),
+            "backward": (self.backward_weight,
+                         L(out["backward"].float(), batch["image_values"]) if out["backward"] is not None else zero),
+        }

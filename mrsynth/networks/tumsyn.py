@@ -1,0 +1,288 @@
+"""TUMSyn: text-guided universal MR synthesis (papers.md section 4).
+
+Two stages, two models:
+
+- Stage 1, :class:`TextImageCLIP`: a CLIP-style causal :class:`TextEncoder` (BPE tokens of a
+  metadata prompt, :class:`~mrsynth.transforms.PromptTokenizer`) trained contrastively against
+  a 3D image encoder (MONAI's :class:`~monai.networks.nets.ResNet`) on (volume, prompt) pairs.
+- Stage 2, :class:`TUMSyn`: the frozen text encoder embeds the *target* prompt; a 3D residual
+  CNN encodes the source patch at its own resolution; :class:`TextConditionedFusion` lets the
+  prompt steer the image features; an :class:`ImplicitDecoder` predicts the target intensity
+  at any query coordinate, so the output grid (voxel size) is free.
+
+Coordinates: a query point is given in the normalised coordinates of the input patch,
+``(B, N, 3)`` in the order of the spatial axes ``(x, y, z)`` of a MONAI ``(B, C, X, Y, Z)``
+tensor, ``-1`` / ``+1`` the outer *edges* of the first / last voxel (``align_corners=False``).
+Voxel ``i`` of an axis of ``n`` voxels has its centre at ``-1 + (2 i + 1) / n``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import TransformerBlock
+from monai.networks.nets import ResNet
+from torch import nn
+
+from .seq2seq import ResBlock
+
+__all__ = ["TextEncoder", "ImageEncoder", "TextImageCLIP", "PatchEncoder", "TextConditionedFusion", "ImplicitDecoder",
+           "TUMSyn", "voxel_centers", "sample_features"]
+
+
+class TextEncoder(nn.Module):
+    """CLIP-style text encoder: token and position embeddings, causal transformer blocks
+    (MONAI's :class:`~monai.networks.blocks.TransformerBlock`), final LayerNorm, and a linear
+    projection of the end-of-text token's features.
+
+    Args:
+        vocab_size: BPE vocabulary size (CLIP's: 49408).
+        context_length: tokens per prompt (padded with 0).
+        width: transformer width (paper 512).
+        heads: attention heads (paper 8).
+        layers: transformer blocks (paper 8-12).
+        embed_dim: size of the output embedding (paper 768).
+        flash: use ``scaled_dot_product_attention`` (fused kernels on GPUs).
+
+    Shapes: tokens ``(B, context_length)`` (long; the end-of-text token has the highest id of a
+    row, CLIP's convention) -> ``(B, embed_dim)``.
+    """
+
+    def __init__(self, vocab_size: int = 49408, context_length: int = 128, width: int = 512, heads: int = 8,
+                 layers: int = 12, embed_dim: int = 768, dropout: float = 0.0, flash: bool = True) -> None:
+        super().__init__()
+        self.context_length, self.embed_dim = int(context_length), int(embed_dim)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
+        self.blocks = nn.ModuleList([
+            TransformerBlock(width, 4 * width, heads, dropout_rate=dropout, qkv_bias=True, causal=True,
+                             sequence_length=context_length, use_flash_attention=flash)
+            for _ in range(layers)
+        ])
+        self.ln_final = nn.LayerNorm(width)
+        self.projection = nn.Linear(width, embed_dim, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.projection.weight, std=width**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.ndim != 2 or tokens.shape[1] != self.context_length:
+            raise ValueError(f"tokens must be (B, {self.context_length}), got {tuple(tokens.shape)}")
+        x = self.token_embedding(tokens) + self.positional_embedding
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_final(x)
+        eot = tokens.argmax(dim=-1)
+        return self.projection(x[torch.arange(x.shape[0], device=x.device), eot])
+
+
+class ImageEncoder(nn.Module):
+    """Stage 1's 3D image encoder: MONAI's :class:`~monai.networks.nets.ResNet` (basic blocks,
+    instance norm) ending in a linear projection to ``embed_dim``.
+
+    Shapes: ``(B, in_channels, X, Y, Z)`` -> ``(B, embed_dim)``.
+    """
+
+    def __init__(self, in_channels: int = 1, channels=(32, 64, 128, 256), layers=(1, 1, 1, 1), embed_dim: int = 768,
+                 norm=("instance", {"affine": True})) -> None:
+        super().__init__()
+        self.net = ResNet("basic", list(layers), list(channels), spatial_dims=3, n_input_channels=in_channels,
+                          conv1_t_size=3, conv1_t_stride=1, num_classes=embed_dim, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TextImageCLIP(nn.Module):
+    """Stage 1: text and image encoders with a learnable temperature (CLIP).
+
+    ``forward(image, tokens)`` returns ``(image_embedding, text_embedding, logit_scale)``, the
+    embeddings L2-normalised ``(B, E)``, ``logit_scale`` = exp of the learnable log scale,
+    initialised at ``1 / temperature`` and clamped at 100 (CLIP). The symmetric InfoNCE loss
+    is :class:`mrsynth.engines.CLIPTrainStep`'s.
+    """
+
+    def __init__(self, text_encoder: TextEncoder, image_encoder: nn.Module, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor):
+        img = F.normalize(self.image_encoder(image).float(), dim=-1)
+        txt = F.normalize(self.text_encoder(tokens).float(), dim=-1)
+        return img, txt, self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+
+class PatchEncoder(nn.Module):
+    """Stage 2's source encoder: a 3D residual CNN that keeps the input's resolution (a head
+    convolution, ``num_blocks`` :class:`~mrsynth.networks.ResBlock` without normalisation, a
+    tail convolution and a global skip).
+
+    Shapes: ``(B, in_channels, X, Y, Z)`` -> ``(B, features, X, Y, Z)``.
+    """
+
+    def __init__(self, in_channels: int = 1, features: int = 64, num_blocks: int = 8) -> None:
+        super().__init__()
+        self.head = nn.Conv3d(in_channels, features, 3, padding=1, padding_mode="replicate")
+        self.blocks = nn.Sequential(*[ResBlock(3, features, norm=None, act=("leakyrelu", {"negative_slope": 0.1}))
+                                      for _ in range(num_blocks)])
+        self.tail = nn.Conv3d(features, features, 3, padding=1, padding_mode="replicate")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        return h + self.tail(self.blocks(h))
+
+
+class TextConditionedFusion(nn.Module):
+    """The target prompt's embedding steers the image features.
+
+    1. adapter: the frozen text embedding ``t`` goes through a small residual MLP and a linear
+       map to ``q`` of size ``C`` (the only text-side weights that train in stage 2);
+    2. attention from the text query over the image positions: ``a = softmax(W_q q . W_k f_i /
+       sqrt(C / heads)) W_v f_i`` summed over positions ``i`` (``heads`` heads);
+    3. channel gating: ``f <- f * sigmoid(W_g [a, q])``;
+    4. gated feed-forward per position: ``f <- f + W_o (GELU(W_1 f) * sigmoid(W_2 f [+ W_t q]))``.
+
+    The reference applies its gate after a reshape that mixes the channel and position axes;
+    here every operation keeps ``(B, C, X, Y, Z)`` and acts on the channel axis.
+
+    Shapes: features ``(B, C, X, Y, Z)``, text ``(B, text_dim)`` -> ``(B, C, X, Y, Z)``.
+    """
+
+    def __init__(self, channels: int, text_dim: int, heads: int = 4, adapter_hidden: int = 256, ffn_factor: int = 2) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.heads = int(heads)
+        self.adapter = nn.Sequential(nn.Linear(text_dim, adapter_hidden), nn.GELU(), nn.Linear(adapter_hidden, text_dim))
+        nn.init.zeros_(self.adapter[-1].weight)
+        nn.init.zeros_(self.adapter[-1].bias)
+        self.to_query = nn.Linear(text_dim, channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Conv3d(channels, 2 * channels, 1)
+        self.gate = nn.Linear(2 * channels, channels)
+        hidden = ffn_factor * channels
+        self.ffn_in = nn.Conv3d(channels, 2 * hidden, 1)
+        self.ffn_text = nn.Linear(channels, hidden)
+        self.ffn_out = nn.Conv3d(hidden, channels, 1)
+
+    def text_query(self, text: torch.Tensor) -> torch.Tensor:
+        """The adapted text query ``(B, C)``."""
+        return self.to_query(text + self.adapter(text))
+
+    def forward(self, f: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b, c = f.shape[:2]
+        q = self.text_query(text)
+        k, v = self.kv(f).flatten(2).chunk(2, dim=1)  # (B, C, N) each
+        h, d = self.heads, c // self.heads
+        qh = self.q(q).view(b, h, 1, d)
+        kh = k.view(b, h, d, -1).transpose(2, 3)  # (B, h, N, d)
+        vh = v.view(b, h, d, -1).transpose(2, 3)
+        a = F.scaled_dot_product_attention(qh, kh, vh).reshape(b, c)  # (B, C)
+        g = torch.sigmoid(self.gate(torch.cat([a, q], dim=1)))
+        f = f * g.view(b, c, 1, 1, 1)
+        u, w = self.ffn_in(f).chunk(2, dim=1)
+        w = w + self.ffn_text(q).view(b, -1, 1, 1, 1)
+        return f + self.ffn_out(F.gelu(u) * torch.sigmoid(w))
+
+
+def voxel_centers(shape, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalised coordinates ``(prod(shape), 3)`` of the voxel centres of a grid ``shape``
+    (``(X, Y, Z)`` order, ``align_corners=False``)."""
+    axes = [(torch.arange(n, device=device, dtype=dtype) * 2 + 1) / n - 1 for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def sample_features(f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``f`` ``(B, C, X, Y, Z)`` at ``coords`` ``(B, N, 3)`` -> ``(B, N, C)``
+    (border values outside the patch)."""
+    grid = coords.flip(-1).view(coords.shape[0], -1, 1, 1, 3).to(f.dtype)  # grid_sample wants (z, y, x)
+    out = F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.view(f.shape[0], f.shape[1], -1).transpose(1, 2)
+
+
+class ImplicitDecoder(nn.Module):
+    """MLP on the features sampled trilinearly at a query point, plus the point's position.
+
+    The position is given *relative to the nearest input voxel centre*, in input voxels
+    (``[-0.5, 0.5]`` per axis, as in local implicit image functions), not as the absolute patch
+    coordinate: the decoder is then the same at every place of a patch and for any patch size,
+    so a model trained on 20^3 patches runs on 60^3 inference windows unchanged.
+
+    Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
+    """
+
+    def __init__(self, in_channels: int, hidden=(256, 256, 256, 256)) -> None:
+        super().__init__()
+        layers, c = [], in_channels + 3
+        for h in hidden:
+            layers += [nn.Linear(c, h), nn.ReLU(inplace=True)]
+            c = h
+        layers.append(nn.Linear(c, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    @staticmethod
+    def relative_position(coords: torch.Tensor, shape) -> torch.Tensor:
+        n = torch.tensor(list(shape), device=coords.device, dtype=coords.dtype)
+        u = (coords + 1) * n / 2 - 0.5  # continuous voxel index
+        return u - u.round()
+
+    def forward(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([sample_features(f, coords), self.relative_position(coords, f.shape[2:]).to(f.dtype)], dim=-1)
+        return self.mlp(z).squeeze(-1)
+
+
+class TUMSyn(nn.Module):
+    """Stage 2: source patch + target prompt -> target intensity at any query coordinate.
+
+    Args:
+        text_encoder: the stage-1 :class:`TextEncoder` (weights from ``text_encoder_ckpt``);
+            frozen (no gradients, kept in eval mode) unless ``train_text_encoder``.
+        in_channels: source channels (1).
+        features: channels of the patch encoder and the fusion (paper 64).
+        num_blocks: residual blocks of the patch encoder.
+        heads: attention heads of the fusion.
+        adapter_hidden: hidden size of the text adapter.
+        decoder_channels: hidden sizes of the implicit decoder's MLP.
+
+    ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3)) -> (B, N)``. Inference
+    calls the parts: :meth:`encode_text` once per prompt, :meth:`encode` once per window, then
+    :meth:`query` in chunks of points (:class:`mrsynth.inferers.ImplicitSlidingWindowInferer`).
+    """
+
+    def __init__(self, text_encoder: TextEncoder, in_channels: int = 1, features: int = 64, num_blocks: int = 8,
+                 heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
+                 train_text_encoder: bool = False) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.train_text_encoder = bool(train_text_encoder)
+        if not self.train_text_encoder:
+            self.text_encoder.requires_grad_(False)
+        self.encoder = PatchEncoder(in_channels, features, num_blocks)
+        self.fusion = TextConditionedFusion(features, text_encoder.embed_dim, heads, adapter_hidden)
+        self.decoder = ImplicitDecoder(features, tuple(decoder_channels))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.train_text_encoder:
+            self.text_encoder.eval()
+        return self
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The prompt embedding ``(B, E)``."""
+        if self.train_text_encoder:
+            return self.text_encoder(tokens)
+        with torch.no_grad():
+            return self.text_encoder(tokens)
+
+    def encode(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``."""
+        return self.fusion(self.encoder(image), text)
+
+    def query(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Intensities ``(B, N)`` at ``coords`` ``(B, N, 3)``."""
+        return self.decoder(features, coords)
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return self.query(self.encode(image, self.encode_text(tokens)), coords)

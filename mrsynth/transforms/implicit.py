@@ -1,0 +1,144 @@
+"""Training samples for implicit (coordinate-query) synthesis: TUMSyn's random-scale cubes.
+
+:class:`RandImplicitPaird` draws a (source, target) pair of a case's images, a random
+high-resolution cube of ``round(patch_size * s)`` voxels with ``s`` uniform in ``scale_range``
+(the paper: ``20 s``, ``s`` in [1, 3]), resamples both cubes to ``patch_size^3`` (the
+low-resolution inputs, each voxel the mean of the high-resolution voxels it covers) and draws
+``num_points`` query points among the high-resolution voxels, with both images' values there.
+The prompts of the pair are rewritten with the voxel size each side has in the sample: the
+source at ``s`` times its native voxel size (the network sees the low-resolution cube), the
+target at its native one (the queries are its voxels).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, Randomizable
+
+from ..errors import DataError
+
+__all__ = ["RandImplicitPaird", "scaled_prompt"]
+
+
+def scaled_prompt(text, factor, native=None) -> str:
+    """The prompt ``text`` (text, :class:`~mrsynth.transforms.Prompt` or sidecar) with its voxel
+    size multiplied by ``factor`` (a number or one per axis). ``native`` stands in for a missing
+    voxel size (the image's own spacing); without either it stays unknown."""
+    from .prompt import Prompt
+
+    p = Prompt.from_any(text)
+    vs = p.voxel_size if p.voxel_size is not None else native
+    if vs is None:
+        return p.format()
+    factors = [float(factor)] * 3 if np.isscalar(factor) else [float(f) for f in factor]
+    return p.replace(voxel_size=tuple(float(v) * f for v, f in zip(vs, factors))).format()
+
+
+def _spacing(img) -> list[float] | None:
+    affine = getattr(img, "affine", None)
+    if affine is None:
+        return None
+    a = np.asarray(affine, dtype=np.float64)
+    return np.sqrt((a[:3, :3] ** 2).sum(0)).round(4).tolist()
+
+
+class RandImplicitPaird(Randomizable, MapTransform):
+    """Draw ``num_samples`` implicit-synthesis samples from one case.
+
+    Args:
+        sequences: the image keys a case may hold (absent ones are skipped; at least one needed).
+        patch_size: edge of the low-resolution input cube, voxels (paper 20).
+        scale_range: ``(min, max)`` of the scale ``s`` (paper ``(1, 3)``); the high-resolution
+            cube has ``round(patch_size * s)`` voxels per edge (fewer where the image is smaller).
+        num_points: query points per sample (paper 8000); 0 gives no queries (stage 1 uses the
+            low-resolution cube and its prompt only).
+        num_samples: samples per call (a list is returned, which MONAI's DataLoader flattens).
+        identity: allow source == target (otherwise the target is another image where the case
+            has two or more).
+        foreground: the cube is centred on a voxel whose source value exceeds this (the head,
+            on a [0, 1] scale), where there is one.
+        prompt_suffix: the case holds each image's prompt text at ``<name><prompt_suffix>``
+            (:class:`~mrsynth.transforms.PromptFromSidecard`); ``None``: no prompts.
+        fixed_seed: for validation: every call reseeds from this and the case id, so a case
+            always gives the same samples.
+
+    Each sample: ``image`` (the source cube, ``(1, P, P, P)``), ``label_lr`` (the target cube),
+    ``coords`` ``(num_points, 3)`` (normalised, see :mod:`mrsynth.networks.tumsyn`), ``label``
+    and ``image_values`` (``(num_points,)``: target and source at the queries), ``scale``,
+    ``image_prompt`` / ``label_prompt``, ``src_name``, ``tgt_name``, ``case``.
+    """
+
+    def __init__(self, sequences: Sequence[str], patch_size: int = 20, scale_range=(1.0, 3.0), num_points: int = 8000,
+                 num_samples: int = 1, identity: bool = False, foreground: float = 0.05,
+                 prompt_suffix: str | None = "_prompt", fixed_seed: int | None = None) -> None:
+        MapTransform.__init__(self, list(sequences), allow_missing_keys=True)
+        self.sequences = [str(s) for s in sequences]
+        self.patch_size, self.num_points, self.num_samples = int(patch_size), int(num_points), int(num_samples)
+        lo, hi = (float(v) for v in scale_range)
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"scale_range must satisfy 1 <= min <= max, got {scale_range}")
+        self.scale_range = (lo, hi)
+        self.identity, self.foreground = bool(identity), float(foreground)
+        self.prompt_suffix, self.fixed_seed = prompt_suffix, fixed_seed
+
+    def randomize(self, data=None) -> None:  # draws happen per sample in __call__
+        pass
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        d = dict(data)
+        case = str(d.get("case", ""))
+        if self.fixed_seed is not None:
+            self.set_random_state(seed=(int(self.fixed_seed) + zlib.crc32(case.encode())) % (2**32))
+        avail = [s for s in self.sequences if s in d]
+        if not avail:
+            raise DataError(f"none of the images {self.sequences} is present", case or None)
+        return [self._sample(d, avail, case) for _ in range(self.num_samples)]
+
+    def _pair(self, avail: list[str]) -> tuple[str, str]:
+        src = avail[int(self.R.randint(len(avail)))]
+        others = avail if self.identity or len(avail) == 1 else [s for s in avail if s != src]
+        return src, others[int(self.R.randint(len(others)))]
+
+    def _sample(self, d: dict, avail: list[str], case: str) -> dict:
+        src, tgt = self._pair(avail)
+        a, b = torch.as_tensor(d[src]).float(), torch.as_tensor(d[tgt]).float()
+        if a.shape != b.shape:
+            raise DataError(f"{src!r} has shape {tuple(a.shape)}, {tgt!r} {tuple(b.shape)}: one grid per case is needed",
+                            case or None)
+        spatial = a.shape[1:]
+        s = float(self.R.uniform(*self.scale_range))
+        m = [min(int(round(self.patch_size * s)), n) for n in spatial]
+        fg = torch.nonzero(a[0] > self.foreground)
+        centre = fg[int(self.R.randint(len(fg)))].tolist() if len(fg) else [n // 2 for n in spatial]
+        start = [min(max(c - k // 2, 0), n - k) for c, k, n in zip(centre, m, spatial)]
+        sl = (slice(None),) + tuple(slice(st, st + k) for st, k in zip(start, m))
+        hr_a, hr_b = a[sl], b[sl]
+        size = (self.patch_size,) * 3
+        lr = F.interpolate(torch.stack([hr_a, hr_b]), size=size, mode="area")  # (2, 1, P, P, P)
+        out = {"image": lr[0], "label_lr": lr[1], "scale": torch.tensor(s), "src_name": src, "tgt_name": tgt,
+               "case": case}
+        if self.num_points:
+            total = int(np.prod(m))
+            idx = self.R.choice(total, size=self.num_points, replace=total < self.num_points)
+            ijk = np.stack(np.unravel_index(idx, m), axis=-1)
+            k = torch.as_tensor(m, dtype=torch.float32)
+            out["coords"] = (torch.as_tensor(ijk, dtype=torch.float32) * 2 + 1) / k - 1
+            flat_a, flat_b = hr_a.reshape(-1), hr_b.reshape(-1)
+            t = torch.as_tensor(idx, dtype=torch.long)
+            out["label"], out["image_values"] = flat_b[t], flat_a[t]
+        else:
+            out["label"] = lr[1]
+        if self.prompt_suffix is not None:
+            factors = [mi / self.patch_size for mi in m]  # per-axis: the source voxel grows by m / P
+            for role, name, f in (("image", src, factors), ("label", tgt, [1.0, 1.0, 1.0])):
+                key = f"{name}{self.prompt_suffix}"
+                if key not in d:
+                    raise DataError(f"no prompt for image {name!r} (key {key!r}): add PromptFromSidecard", case or None)
+                out[f"{role}_prompt"] = scaled_prompt(d[key], f, _spacing(d[name]))
+        return out
+
