@@ -3,10 +3,11 @@
 from .datasets import (
     check_case_geometry,
     detect_layout,
+    image_names,
     list_brats_cases,
     list_cases,
     list_nnseq2seq_cases,
     split_cases,
 )
 
-__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases"]
+__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases", "image_names"]

@@ -235,3 +235,41 @@ def split_cases(cases: list[dict], val_fraction: float = 0.2, seed: int = 0) -> 
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return [cases[i] for i in train], [cases[i] for i in val]
+
+
+_NOT_IMAGES = ("seg", "tissue", "fractions")
+
+
+def image_names(root, exclude=(), require_sidecar: bool = True) -> list[str]:
+    """The image names of a BraTS-layout folder (``<case>/<case>_<name>.nii.gz``), over all its
+    cases, sorted: the named sequences and any other acquisition (the phantom's protocols
+    ``p00``..., presets), without labels, tissue maps and ``_noiseless`` twins.
+
+    Args:
+        exclude: names to leave out (e.g. held-out protocols).
+        require_sidecar: only images with a JSON sidecar (``<case>_<name>.json``), i.e. those a
+            prompt can describe (TUMSyn).
+
+    Raises:
+        DataError: ``root`` is not a folder or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("dataset folder not found", root)
+    names = set()
+    for case_dir in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        prefix = f"{case_dir.name}_"
+        for f in case_dir.iterdir():
+            n = f.name
+            if not n.startswith(prefix) or not (n.endswith(".nii.gz") or n.endswith(".nii")):
+                continue
+            name = n[len(prefix):].removesuffix(".gz").removesuffix(".nii")
+            if name in _NOT_IMAGES or name.endswith("_noiseless") or name in exclude:
+                continue
+            if require_sidecar and not (case_dir / f"{prefix}{name}.json").is_file():
+                continue
+            names.add(name)
+    if not names:
+        raise DataError("no image with a sidecar (<case>/<case>_<name>.nii.gz and .json)" if require_sidecar
+                        else "no image (<case>/<case>_<name>.nii.gz)", root)
+    return sorted(names)

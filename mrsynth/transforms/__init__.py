@@ -5,6 +5,7 @@ from .augment import RandDomainAugmentd
 from .corruption import (CORRUPTION_LEVELS, CORRUPTIONS, STRENGTHS, RandMotionGhosting, corrupt, corruption_levels,
                          reference_level)
 from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range
+from .implicit import RandImplicitPaird, scaled_prompt
 from .io import LoadSequencesd
 from .prompt import (DEFAULT_CONTEXT_LENGTH, Prompt, PromptError, PromptFromSidecard, PromptTokenizer, TokenizePromptd,
                      format_prompt)
@@ -12,6 +13,8 @@ from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, Sour
 
 __all__ = [
     "LoadSequencesd",
+    "RandImplicitPaird",
+    "scaled_prompt",
     "RandDomainAugmentd",
     "ScalePercentiled",
     "PAPER",
