@@ -4,10 +4,11 @@ every case of a folder, and the pairwise evaluation with contribution ranking an
 from .conditioning import (NAMED_PROTOCOLS, Conditioning, TargetCode, TargetCodeFusion, TargetPrompt, named_protocol,
                            resampled_geometry)
 from .evaluation import PairwiseEvaluation, foreground_mask, format_table
+from .prompted import PromptedEvaluation
 from .study import TranslationStudy, encode_volume
 from .subsets import SubsetEvaluation, weight_table
 from .synthesis import SynthesisInference, load_weights, synthesize, synthesize_volume
 
 __all__ = ["SynthesisInference", "PairwiseEvaluation", "SubsetEvaluation", "weight_table", "load_weights", "synthesize_volume", "foreground_mask",
            "format_table", "TranslationStudy", "encode_volume", "synthesize", "Conditioning", "TargetCode", "TargetCodeFusion",
-           "TargetPrompt", "NAMED_PROTOCOLS", "named_protocol", "resampled_geometry"]
+           "TargetPrompt", "NAMED_PROTOCOLS", "named_protocol", "resampled_geometry", "PromptedEvaluation"]

@@ -120,10 +120,16 @@ class VolumeEvaluation:
             ScalePercentiled(self.sequences + noiseless, ref_keys=[None] * len(self.sequences) + self.sequences, **scale),
         ])
 
-    def conditioning(self, target: str):
-        """What the network is asked for to synthesize ``target`` (:mod:`mrsynth.workflows.conditioning`):
-        its code by default; a bundle whose network is conditioned otherwise overrides this."""
+    def conditioning(self, target: str, d: dict | None = None):
+        """What the network is asked for to synthesize ``target`` of the preprocessed case ``d``
+        (:mod:`mrsynth.workflows.conditioning`): its code by default; a bundle whose network is
+        conditioned otherwise (TUMSyn: the target's prompt) overrides this."""
         return TargetCode(target, self.sequences)
+
+    def to_score(self, x: np.ndarray) -> np.ndarray:
+        """Map an image from the network's intensity scale to the scoring scale ([-1, 1], the
+        papers'); identity for networks that work on [-1, 1]."""
+        return x
 
     def prepare(self) -> None:
         """Load weights and put the network in evaluation mode (called by :meth:`run`)."""
@@ -138,8 +144,8 @@ class VolumeEvaluation:
         label map and the region is not empty there, else to ``None``."""
         d = self.preprocessing(case)
         avail = [s for s in self.sequences if s in d]
-        vols = {s: d[s][0].numpy() for s in avail}
-        clean = {s: d[f"{s}_noiseless"][0].numpy() for s in avail if f"{s}_noiseless" in d}
+        vols = {s: self.to_score(d[s][0].numpy()) for s in avail}
+        clean = {s: self.to_score(d[f"{s}_noiseless"][0].numpy()) for s in avail if f"{s}_noiseless" in d}
         seg = np.asarray(d["seg"][0]) if "seg" in d else None
         d["regions"] = {}
         for name, labels in self.regions.items():
@@ -281,13 +287,19 @@ class PairwiseEvaluation(VolumeEvaluation):
             ``{name: [labels]}`` (``None`` for any label > 0); default the whole lesion,
             ``{"tumour": None}``. For BraTS labels, e.g. ``{"tumour": None, "enhancing": [4],
             "oedema": [2], "necrotic": [1]}``.
+        sources, targets: restrict the pairs to these sources / targets (``None``: every
+            available sequence). The differentiation map of a target is made from the syntheses
+            of the sources scored (and the target's own reconstruction).
     """
 
     def __init__(self, network, inferer, sequences, cases, output_dir, ckpt_path=None, device="cpu",
                  lpips_net: str | None = "alex", map_previews: int = 2, regions: dict | None = None,
-                 preprocessing=None, tracking_uri: str | None = None, experiment_name: str = "evaluation"):
+                 preprocessing=None, tracking_uri: str | None = None, experiment_name: str = "evaluation",
+                 sources=None, targets=None):
         super().__init__(network, inferer, sequences, cases, output_dir, ckpt_path, device, map_previews, regions,
                          preprocessing, tracking_uri, experiment_name)
+        self.sources = None if sources is None else [str(x).lower() for x in sources]
+        self.targets = None if targets is None else [str(x).lower() for x in targets]
         self.lpips = LPIPS(lpips_net, device=str(self.device)) if lpips_net else None
         self.columns = COLUMNS + [f"{m}_{name}" for name in self.regions for m in ("psnr", "ssim")] + CONTRAST_COLUMNS
 
@@ -300,11 +312,14 @@ class PairwiseEvaluation(VolumeEvaluation):
         rows, grid = [], []
         z = self.grid_slice(d, vols[avail[0]])
         for t in avail:
-            condition = self.conditioning(t)
-            preds = {s: synthesize(self.network, self.inferer, condition, d, [s], self.sequences, self.device)[0].numpy()
-                     for s in avail}
+            if self.targets is not None and t not in self.targets:
+                continue
+            condition = self.conditioning(t, d)
+            srcs = [s for s in avail if self.sources is None or s in self.sources or s == t]
+            preds = {s: self.to_score(synthesize(self.network, self.inferer, condition, d, [s], self.sequences,
+                                                 self.device)[0].numpy()) for s in srcs}
             tgt = vols[t]
-            for s in avail:
+            for s in srcs:
                 if s == t:
                     continue
                 p = preds[s]
