@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
+from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import ResNet
 from torch import nn
 
@@ -61,6 +62,8 @@ class TextEncoder(nn.Module):
                              sequence_length=context_length, use_flash_attention=flash)
             for _ in range(layers)
         ])
+        for block in self.blocks:  # MONAI builds a cross-attention norm even without cross-attention: never used,
+            block.norm_cross_attn.requires_grad_(False)  # it must not wait for a gradient under DDP
         self.ln_final = nn.LayerNorm(width)
         self.projection = nn.Linear(width, embed_dim, bias=False)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -68,7 +71,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] != self.context_length:
-            raise ValueError(f"tokens must be (B, {self.context_length}), got {tuple(tokens.shape)}")
+            raise ValueError(f"tokens must be (B, {self.context_length}), got shape {tokens.shape}")
         x = self.token_embedding(tokens) + self.positional_embedding
         for block in self.blocks:
             x = block(x)
@@ -79,16 +82,22 @@ class TextEncoder(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Stage 1's 3D image encoder: MONAI's :class:`~monai.networks.nets.ResNet` (basic blocks,
-    instance norm) ending in a linear projection to ``embed_dim``.
+    one-group norm, i.e. layer norm over channels and space, in every layer) ending in a linear projection to ``embed_dim``.
 
     Shapes: ``(B, in_channels, X, Y, Z)`` -> ``(B, embed_dim)``.
     """
 
     def __init__(self, in_channels: int = 1, channels=(32, 64, 128, 256), layers=(1, 1, 1, 1), embed_dim: int = 768,
-                 norm=("instance", {"affine": True})) -> None:
+                 norm=("group", {"num_groups": 1})) -> None:
         super().__init__()
         self.net = ResNet("basic", list(layers), list(channels), spatial_dims=3, n_input_channels=in_channels,
                           conv1_t_size=3, conv1_t_stride=1, num_classes=embed_dim, norm=norm)
+        # MONAI 1.6's ResNet applies ``norm`` to its stem only (the residual layers get batch norm):
+        # put the same norm in the layers, so small batches and DDP ranks do not depend on batch statistics
+        for parent in list(self.net.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.BatchNorm3d):
+                    setattr(parent, name, get_norm_layer(norm, spatial_dims=3, channels=child.num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -206,16 +215,18 @@ class ImplicitDecoder(nn.Module):
     """MLP on the features sampled trilinearly at a query point, plus the point's position.
 
     The position is given *relative to the nearest input voxel centre*, in input voxels
-    (``[-0.5, 0.5]`` per axis, as in local implicit image functions), not as the absolute patch
-    coordinate: the decoder is then the same at every place of a patch and for any patch size,
-    so a model trained on 20^3 patches runs on 60^3 inference windows unchanged.
+    (``r`` in ``[-0.5, 0.5]`` per axis, as in local implicit image functions), not as the absolute
+    patch coordinate: the decoder is then the same at every place of a patch and for any patch
+    size, so a model trained on 20^3 patches runs on 60^3 inference windows unchanged. It enters
+    as ``(sin 2 pi r, cos 2 pi r)``, which is continuous where ``r`` jumps from +0.5 to -0.5
+    (half-way between two voxel centres), so the output has no seams there.
 
     Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
     """
 
     def __init__(self, in_channels: int, hidden=(256, 256, 256, 256)) -> None:
         super().__init__()
-        layers, c = [], in_channels + 3
+        layers, c = [], in_channels + 6
         for h in hidden:
             layers += [nn.Linear(c, h), nn.ReLU(inplace=True)]
             c = h
@@ -223,13 +234,14 @@ class ImplicitDecoder(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     @staticmethod
-    def relative_position(coords: torch.Tensor, shape) -> torch.Tensor:
-        n = torch.tensor(list(shape), device=coords.device, dtype=coords.dtype)
+    def relative_position(coords: torch.Tensor, shape: list[int]) -> torch.Tensor:
+        n = torch.tensor(shape, device=coords.device, dtype=coords.dtype)
         u = (coords + 1) * n / 2 - 0.5  # continuous voxel index
         return u - u.round()
 
     def forward(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([sample_features(f, coords), self.relative_position(coords, f.shape[2:]).to(f.dtype)], dim=-1)
+        angle = 2 * math.pi * self.relative_position(coords, list(f.shape[2:])).to(f.dtype)
+        z = torch.cat([sample_features(f, coords), torch.sin(angle), torch.cos(angle)], dim=-1)
         return self.mlp(z).squeeze(-1)
 
 
@@ -269,17 +281,18 @@ class TUMSyn(nn.Module):
             self.text_encoder.eval()
         return self
 
+    @torch.jit.export
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The prompt embedding ``(B, E)``."""
-        if self.train_text_encoder:
-            return self.text_encoder(tokens)
-        with torch.no_grad():
-            return self.text_encoder(tokens)
+        """The prompt embedding ``(B, E)`` (no graph is built through a frozen encoder: none of its
+        parameters requires a gradient and tokens are integers)."""
+        return self.text_encoder(tokens)
 
+    @torch.jit.export
     def encode(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``."""
         return self.fusion(self.encoder(image), text)
 
+    @torch.jit.export
     def query(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Intensities ``(B, N)`` at ``coords`` ``(B, N, 3)``."""
         return self.decoder(features, coords)

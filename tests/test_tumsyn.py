@@ -1,0 +1,472 @@
+"""TUMSyn: the CLIP stage, the implicit synthesis network, its training steps, the sliding-window
+inferer onto any output grid, and the random-scale training samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor, decollate_batch
+
+from mrsynth.engines import CLIPTrainStep, TUMSynTrainStep, clip_loss, retrieval_output
+from mrsynth.errors import DataError
+from mrsynth.inferers import ImplicitSlidingWindowInferer
+from mrsynth.networks import (ImageEncoder, ImplicitDecoder, TextEncoder, TextImageCLIP, TUMSyn, sample_features,
+                              voxel_centers)
+from mrsynth.transforms import Prompt, RandImplicitPaird, scaled_prompt
+
+VOCAB, CTX, EOT, SOT = 50, 8, 49, 48  # EOT is the highest id, as in CLIP's vocabulary
+
+
+def tiny_text(seed: int = 0, **kw) -> TextEncoder:
+    torch.manual_seed(seed)
+    return TextEncoder(vocab_size=VOCAB, context_length=CTX, width=16, heads=2, layers=kw.pop("layers", 2),
+                       embed_dim=16, **kw)
+
+
+def tiny_tumsyn(seed: int = 0, **kw) -> TUMSyn:
+    text = tiny_text(seed)
+    torch.manual_seed(seed + 1)
+    return TUMSyn(text, features=8, num_blocks=1, heads=2, adapter_hidden=8, decoder_channels=(16, 16), **kw)
+
+
+def tokens(*rows) -> torch.Tensor:
+    """Token rows ``[SOT, *ids, EOT, 0...]``."""
+    out = torch.zeros(len(rows), CTX, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        r = [SOT, *ids, EOT]
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+# -- text encoder ------------------------------------------------------------------------------
+def test_text_encoder_shape_and_causal_read_of_the_end_token():
+    enc = tiny_text().eval()
+    t = tokens([3, 4, 5], [7, 8])
+    out = enc(t)
+    assert out.shape == (2, 16) and torch.isfinite(out).all()
+    # the padding after the end-of-text token is invisible (causal attention, EOT read)
+    after = t.clone()
+    after[0, 5:] = torch.tensor([1, 2, 3])
+    after[1, 4:] = torch.tensor([9, 9, 9, 9])
+    torch.testing.assert_close(enc(after), out, atol=1e-6, rtol=0)
+    # a token before it changes the embedding of that row only
+    before = t.clone()
+    before[0, 2] = 30
+    changed = enc(before)
+    assert (changed[0] - out[0]).abs().max() > 1e-3
+    torch.testing.assert_close(changed[1], out[1], atol=1e-6, rtol=0)
+    # and the same holds on the non-fused attention path
+    slow = tiny_text(flash=False).eval()
+    slow.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(slow(t), out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(slow(after), out, atol=1e-5, rtol=1e-5)
+
+
+def test_text_encoder_rejects_wrong_token_shape():
+    enc = tiny_text()
+    with pytest.raises(ValueError, match=r"tokens must be \(B, 8\)"):
+        enc(torch.zeros(2, CTX + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="tokens must be"):
+        enc(torch.zeros(CTX, dtype=torch.long))
+
+
+# -- stage 1: CLIP -----------------------------------------------------------------------------
+def tiny_clip(seed: int = 0) -> TextImageCLIP:
+    text = tiny_text(seed, layers=1)
+    torch.manual_seed(seed + 1)
+    return TextImageCLIP(text, ImageEncoder(1, channels=(4, 8, 8, 8), embed_dim=16))
+
+
+def test_clip_embeddings_are_unit_norm_and_temperature_starts_at_0_07():
+    net = tiny_clip().eval()
+    img, txt, scale = net(torch.rand(3, 1, 8, 8, 8), tokens([1], [2, 3], [4, 5, 6]))
+    assert img.shape == txt.shape == (3, 16)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(txt.norm(dim=1), torch.ones(3))
+    assert float(scale.detach()) == pytest.approx(1 / 0.07, rel=1e-6)
+    with torch.no_grad():
+        net.logit_scale.fill_(np.log(1000.0))
+        assert float(net(torch.rand(1, 1, 8, 8, 8), tokens([1]))[2]) == pytest.approx(100.0, rel=1e-5)  # clamp
+
+
+def test_clip_loss_known_answer_and_matched_pairs_score_lower():
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    txt = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    loss, logits = clip_loss(img, txt, torch.tensor(10.0))
+    ref = 10.0 * img @ txt.t()
+    i2t = -torch.log_softmax(ref, dim=1).diagonal().mean()
+    t2i = -torch.log_softmax(ref, dim=0).diagonal().mean()
+    torch.testing.assert_close(logits, ref)
+    assert float(loss) == pytest.approx(float(0.5 * (i2t + t2i)), rel=1e-6)
+    matched, _ = clip_loss(img, img, torch.tensor(10.0))
+    shuffled, _ = clip_loss(img, img[torch.tensor([1, 2, 3, 0])], torch.tensor(10.0))
+    assert float(matched) < float(shuffled)
+
+
+def test_retrieval_output_batched_and_decollated_agree():
+    g = torch.Generator().manual_seed(1)
+    img = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    txt = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    batched = {"pred": (img, txt, torch.tensor(14.0)), "image": torch.zeros(3, 1, 2, 2, 2)}
+    logits, target = retrieval_output(batched)
+    torch.testing.assert_close(logits, img @ txt.t())
+    assert torch.equal(target, torch.arange(3))
+    logits2, target2 = retrieval_output(decollate_batch(batched, detach=True))
+    torch.testing.assert_close(logits2, logits)
+    assert torch.equal(target2, target)
+
+
+def test_clip_step_memorises_four_pairs():
+    torch.manual_seed(0)
+    net = tiny_clip(seed=3).train()
+    batch = {"image": torch.rand(4, 1, 8, 8, 8), "image_prompt_tokens": tokens([1, 2], [3], [4, 5, 6], [7, 8])}
+    step = CLIPTrainStep()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses, accs = [], []
+    for _ in range(60):
+        opt.zero_grad()
+        out = step.compute(net, batch)
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+        accs.append(float(out["retrieval_acc"]))
+    assert out["pred"].shape == (4, 4) and float(out["loss_contrastive"]) == pytest.approx(losses[-1])
+    assert float(out["logit_scale"]) != pytest.approx(1 / 0.07, rel=1e-4)  # the temperature learns too
+    assert losses[-1] < 0.2 * losses[0]
+    assert accs[-5:] == [1.0] * 5 and accs[0] < 1.0
+    # the logged accuracy is the image-to-text argmax of the step's logits
+    with torch.no_grad():
+        img, txt, _ = net(batch["image"], batch["image_prompt_tokens"])
+    assert torch.equal((img @ txt.t()).argmax(1), torch.arange(4))
+
+
+# -- stage 2: TUMSyn ---------------------------------------------------------------------------
+def tumsyn_inputs(b: int = 2, n: int = 20, size=(6, 5, 4)):
+    g = torch.Generator().manual_seed(5)
+    return (torch.rand(b, 1, *size, generator=g), tokens(*[[i + 1, i + 2] for i in range(b)]),
+            torch.rand(b, n, 3, generator=g) * 2 - 1)
+
+
+def test_frozen_text_encoder_gets_no_gradient_and_stays_in_eval():
+    net = tiny_tumsyn().train()
+    assert not net.text_encoder.training and net.encoder.training and net.decoder.training
+    assert all(not p.requires_grad for p in net.text_encoder.parameters())
+    image, tok, coords = tumsyn_inputs()
+    y = net(image, tok, coords)
+    assert y.shape == (2, 20)
+    y.square().mean().backward()
+    assert all(p.grad is None for p in net.text_encoder.parameters())
+    others = {n: p.grad for n, p in net.named_parameters() if not n.startswith("text_encoder.")}
+    assert others and all(g is not None for g in others.values())
+    # the adapter's last layer is zero-initialised, so its first layer gets a zero gradient at the start
+    for name in ("encoder.head.weight", "encoder.tail.weight", "fusion.kv.weight", "fusion.to_query.weight",
+                 "fusion.adapter.2.weight", "fusion.gate.weight", "fusion.ffn_in.weight", "decoder.mlp.0.weight"):
+        assert others[name].abs().sum() > 0, name
+    net.eval()
+    assert not net.text_encoder.training and not net.encoder.training
+
+
+def test_trainable_text_encoder():
+    net = tiny_tumsyn(train_text_encoder=True).train()
+    # every parameter trains but MONAI's unused cross-attention norms (frozen so that DDP does not wait for them)
+    assert net.text_encoder.training
+    assert all(p.requires_grad != ("norm_cross_attn" in n) for n, p in net.text_encoder.named_parameters())
+    image, tok, coords = tumsyn_inputs()
+    net(image, tok, coords).square().mean().backward()
+    assert net.text_encoder.token_embedding.weight.grad.abs().sum() > 0
+    assert net.text_encoder.projection.weight.grad.abs().sum() > 0
+
+
+def test_forward_is_encode_text_encode_query_and_the_prompt_matters():
+    net = tiny_tumsyn().eval()
+    with torch.no_grad():  # let the (zero-initialised) adapter and the fusion see the prompt
+        net.fusion.adapter[-1].weight.normal_(0, 0.5)
+    image, tok, coords = tumsyn_inputs()
+    with torch.no_grad():
+        y = net(image, tok, coords)
+        torch.testing.assert_close(net.query(net.encode(image, net.encode_text(tok)), coords), y)
+        other = net(image, tok.flip(0), coords)
+    assert (other - y).abs().max() > 1e-4
+
+
+# -- coordinates --------------------------------------------------------------------------------
+def test_sample_features_at_voxel_centres_are_the_voxels():
+    f = torch.randn(2, 3, 5, 4, 3)
+    c = voxel_centers((5, 4, 3))
+    assert c.shape == (60, 3)
+    out = sample_features(f, c[None].expand(2, -1, -1))
+    assert out.shape == (2, 60, 3)
+    torch.testing.assert_close(out, f.flatten(2).transpose(1, 2), atol=1e-6, rtol=0)
+    # a single point names (x, y, z) = axes 2, 3, 4 of the tensor
+    point = torch.tensor([[[-1 + 3 / 5, -1 + 5 / 4, -1 + 1 / 3]]])  # voxel (1, 2, 0)
+    torch.testing.assert_close(sample_features(f[:1], point)[0, 0], f[0, :, 1, 2, 0], atol=1e-6, rtol=0)
+    # half-way between two voxels along x: their mean
+    mid = torch.tensor([[[-1 + 4 / 5, -1 + 5 / 4, -1 + 1 / 3]]])  # x index 1.5
+    torch.testing.assert_close(sample_features(f[:1], mid)[0, 0], f[0, :, 1:3, 2, 0].mean(1), atol=1e-6, rtol=0)
+
+
+def test_relative_position_range_and_zero_at_centres():
+    shape = (7, 5, 4)
+    c = torch.rand(1000, 3) * 2 - 1
+    rel = ImplicitDecoder.relative_position(c, shape)
+    assert rel.abs().max() <= 0.5 + 1e-6 and rel.abs().max() > 0.45
+    assert ImplicitDecoder.relative_position(voxel_centers(shape), shape).abs().max() < 1e-5
+    # voxel index (2.3, 1.0, 3.4) -> (0.3, 0, 0.4)
+    n = torch.tensor(shape, dtype=torch.float32)
+    u = torch.tensor([[2.3, 1.0, 3.4]])
+    torch.testing.assert_close(ImplicitDecoder.relative_position((2 * u + 1) / n - 1, shape),
+                               torch.tensor([[0.3, 0.0, 0.4]]), atol=1e-5, rtol=0)
+
+
+def test_decoder_is_the_same_at_every_place_and_patch_size():
+    """A point gives the same value in a patch and in a larger patch that contains it (shifted)."""
+    torch.manual_seed(0)
+    dec = ImplicitDecoder(4, hidden=(16, 16)).eval()
+    f = torch.randn(1, 4, 6, 5, 4)
+    big = torch.randn(1, 4, 9, 7, 4)
+    big[:, :, 2:8, 1:6, :] = f  # f sits at offset (2, 1, 0) in big
+    u = torch.rand(1, 50, 3) * (torch.tensor([6, 5, 4]) - 1)  # interior voxel positions of f
+    c_small = (2 * u + 1) / torch.tensor([6.0, 5, 4]) - 1
+    c_big = (2 * (u + torch.tensor([2.0, 1, 0])) + 1) / torch.tensor([9.0, 7, 4]) - 1
+    with torch.no_grad():
+        torch.testing.assert_close(dec(big, c_big), dec(f, c_small), atol=1e-5, rtol=1e-5)
+
+
+# -- the sliding-window inferer ------------------------------------------------------------------
+class StubNet:
+    """A network that ignores position: the window itself is the feature map; ``query`` returns
+    ``value`` or the trilinear sample of the window. Records the windows it encodes."""
+
+    def __init__(self, value=None, fail=False):
+        self.value, self.fail, self.windows = value, fail, []
+
+    def encode_text(self, tokens):
+        return torch.zeros(tokens.shape[0], 4)
+
+    def encode(self, win, text):
+        if self.fail:
+            raise AssertionError("encode must not run here")
+        self.windows.append(win.clone())
+        return win
+
+    def query(self, f, coords):
+        if self.value is not None:
+            return torch.full(coords.shape[:2], self.value)
+        return sample_features(f, coords)[..., 0]
+
+
+def test_inferer_chunking_does_not_change_the_result():
+    net = tiny_tumsyn().eval()
+    torch.manual_seed(1)
+    x = torch.rand(1, 1, 14, 12, 10) + 0.1
+    tok = tokens([1, 2])
+    for shape in [(14, 12, 10), (14, 12, 20), (7, 5, 6)]:
+        a = ImplicitSlidingWindowInferer(roi_size=8, overlap=0.5, points_per_chunk=97)(x, net, tok, output_shape=shape)
+        b = ImplicitSlidingWindowInferer(roi_size=8, overlap=0.5, points_per_chunk=10**7)(x, net, tok,
+                                                                                          output_shape=shape)
+        assert a.shape == (1, 1, *shape) and a.std() > 0
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_inferer_with_one_window_is_the_network_on_the_output_grid():
+    net = tiny_tumsyn().eval()
+    torch.manual_seed(2)
+    x = torch.rand(1, 1, 10, 8, 6) + 0.1
+    tok = tokens([4])
+    inf = ImplicitSlidingWindowInferer(roi_size=16, points_per_chunk=50)
+    # output grids with no voxel exactly half-way between two input voxels: there the decoder's
+    # relative position jumps from +0.5 to -0.5, and float rounding picks the side
+    for shape in [(10, 8, 6), (20, 16, 4)]:
+        with torch.no_grad():
+            ref = net(x, tok, voxel_centers(shape)[None]).reshape(1, 1, *shape)
+        torch.testing.assert_close(inf(x, net, tok, output_shape=shape), ref, atol=1e-5, rtol=1e-5)
+    assert inf(x, net, tok).shape == (1, 1, 10, 8, 6)  # default: the input grid
+
+
+def test_inferer_blending_weights_are_normalised():
+    torch.manual_seed(3)
+    x = torch.rand(1, 1, 30, 26, 22) + 0.5
+    tok = tokens([1])
+    inf = ImplicitSlidingWindowInferer(roi_size=12, overlap=0.5, points_per_chunk=1000)
+    for shape in [(30, 26, 22), (60, 26, 22), (17, 13, 11)]:
+        net = StubNet(value=0.7)
+        out = inf(x, net, tok, output_shape=shape)
+        assert len(net.windows) == 4 * 4 * 3  # starts 0/6/12/18, 0/6/12/14, 0/6/10
+        torch.testing.assert_close(out, torch.full((1, 1, *shape), 0.7), atol=1e-6, rtol=0)
+    # on the input grid every window samples exactly the input voxel: the blend is the input
+    torch.testing.assert_close(inf(x, StubNet(), tok), x, atol=1e-6, rtol=0)
+
+
+def test_inferer_skips_background_windows():
+    tok = tokens([1])
+    inf = ImplicitSlidingWindowInferer(roi_size=12, overlap=0.5, skip_below=1e-3)
+    out = inf(torch.zeros(1, 1, 30, 26, 22), StubNet(fail=True), tok, output_shape=(15, 26, 44))
+    assert out.shape == (1, 1, 15, 26, 44) and not out.any()
+    # only the corner window holds signal: it alone runs, and only its voxels get values
+    x = torch.zeros(1, 1, 30, 26, 22)
+    x[:, :, :5, :5, :5] = 1.0
+    net = StubNet(value=0.7)
+    out = inf(x, net, tok)
+    assert len(net.windows) == 1 and torch.equal(net.windows[0], x[:, :, :12, :12, :12])
+    expected = torch.zeros(1, 1, 30, 26, 22)
+    expected[:, :, :12, :12, :12] = 0.7
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    # skip_below=None runs every window
+    net = StubNet(value=0.7)
+    torch.testing.assert_close(ImplicitSlidingWindowInferer(roi_size=12, skip_below=None)(x, net, tok),
+                               torch.full_like(x, 0.7), atol=1e-6, rtol=0)
+    assert len(net.windows) == 48
+
+
+def test_inferer_rejects_a_batch():
+    with pytest.raises(ValueError, match="one volume"):
+        ImplicitSlidingWindowInferer()(torch.rand(2, 1, 4, 4, 4), StubNet(0.1), tokens([1], [2]))
+    with pytest.raises(ValueError, match="overlap"):
+        ImplicitSlidingWindowInferer(overlap=1.0)
+
+
+# -- stage 2 training step -----------------------------------------------------------------------
+def tumsyn_batch(b: int = 2, p: int = 6, n: int = 30) -> dict:
+    g = torch.Generator().manual_seed(7)
+    return {"image": torch.rand(b, 1, p, p, p, generator=g), "label_lr": torch.rand(b, 1, p, p, p, generator=g),
+            "image_prompt_tokens": tokens([1, 2], [3]), "label_prompt_tokens": tokens([10], [11, 12, 13]),
+            "coords": torch.rand(b, n, 3, generator=g) * 2 - 1, "label": torch.rand(b, n, generator=g),
+            "image_values": torch.rand(b, n, generator=g)}
+
+
+def test_tumsyn_step_is_half_forward_plus_half_backward_l1():
+    net = tiny_tumsyn().train()
+    batch = tumsyn_batch()
+    out = TUMSynTrainStep(loss=torch.nn.L1Loss()).compute(net, batch)
+    with torch.no_grad():
+        fwd = net(batch["image"], batch["label_prompt_tokens"], batch["coords"])
+        bwd = net(batch["label_lr"], batch["image_prompt_tokens"], batch["coords"])
+    lf, lb = (fwd - batch["label"]).abs().mean(), (bwd - batch["image_values"]).abs().mean()
+    torch.testing.assert_close(out["pred"].detach(), fwd, atol=1e-5, rtol=1e-5)
+    assert float(out["loss_forward"]) == pytest.approx(float(lf), rel=1e-5)
+    assert float(out["loss_backward"]) == pytest.approx(float(lb), rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(0.5 * lf + 0.5 * lb), rel=1e-5)
+    assert out["loss"].requires_grad
+
+    only = TUMSynTrainStep(backward_weight=0.0, loss=torch.nn.L1Loss()).compute(net, batch)
+    assert float(only["loss_backward"]) == 0.0
+    assert float(only["loss"].detach()) == pytest.approx(float(0.5 * lf), rel=1e-5)
+
+
+# -- random-scale training samples ---------------------------------------------------------------
+SHAPE = (40, 36, 32)
+
+
+def ramp_case(case: str = "c0", voxel_size=(2, 2, 2)) -> dict:
+    i, j, k = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    ramp = torch.as_tensor((i + 100 * j + 10000 * k)[None], dtype=torch.float32)
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    return {"t1": MetaTensor(ramp, affine=affine), "t2": MetaTensor(2 * ramp, affine=affine), "case": case,
+            "t1_prompt": Prompt(modality="T1w", voxel_size=voxel_size, tr=500).format(),
+            "t2_prompt": Prompt(modality="T2w", voxel_size=voxel_size, tr=4000).format()}
+
+
+def decode(v: torch.Tensor) -> torch.Tensor:
+    """Voxel indices ``(N, 3)`` from ramp values ``i + 100 j + 10000 k``."""
+    v = v.round().long()
+    return torch.stack([v % 100, (v // 100) % 100, v // 10000], dim=-1)
+
+
+def test_implicit_sample_geometry_values_and_prompts():
+    p = 8
+    d = ramp_case()
+    t = RandImplicitPaird(["t1", "t2", "flair"], patch_size=p, scale_range=(2, 2), num_points=200,
+                          num_samples=3).set_random_state(0)
+    samples = t(d)
+    assert len(samples) == 3
+    for s in samples:
+        assert {s["src_name"], s["tgt_name"]} == {"t1", "t2"} and s["case"] == "c0"
+        assert s["image"].shape == s["label_lr"].shape == (1, p, p, p)
+        assert s["coords"].shape == (200, 3) and s["label"].shape == s["image_values"].shape == (200,)
+        assert s["coords"].abs().max() < 1 and float(s["scale"]) == 2.0
+        factor = {"t1": 1.0, "t2": 2.0}
+        src_ramp, tgt_ramp = s["image_values"] / factor[s["src_name"]], s["label"] / factor[s["tgt_name"]]
+        torch.testing.assert_close(src_ramp, tgt_ramp, atol=0, rtol=0)  # both images at the same voxels
+        # coords are HR voxel centres of the 16^3 crop; the crop start is the same for every point
+        local = ((s["coords"] + 1) * 16 - 1) / 2
+        torch.testing.assert_close(local, local.round(), atol=1e-4, rtol=0)
+        start = decode(tgt_ramp) - local.round().long()
+        assert (start == start[0]).all() and (start[0] >= 0).all()
+        assert (start[0] + 16 <= torch.tensor(SHAPE)).all()
+        # each LR voxel is the mean of its 2x2x2 HR block of the crop
+        x0, y0, z0 = start[0].tolist()
+        for key, name in (("image", s["src_name"]), ("label_lr", s["tgt_name"])):
+            crop = d[name].as_tensor()[0, x0 : x0 + 16, y0 : y0 + 16, z0 : z0 + 16]
+            blocks = crop.reshape(p, 2, p, 2, p, 2).mean((1, 3, 5))
+            torch.testing.assert_close(s[key][0].as_tensor() if isinstance(s[key], MetaTensor) else s[key][0],
+                                       blocks, atol=1e-3, rtol=0)
+        # the source's prompt is at the LR voxel size (2 mm * 16 / 8), the target's at its own
+        src_p, tgt_p = Prompt.parse(s["image_prompt"]), Prompt.parse(s["label_prompt"])
+        assert src_p.voxel_size == (4.0, 4.0, 4.0) and tgt_p.voxel_size == (2.0, 2.0, 2.0)
+        assert src_p.modality == {"t1": "T1w", "t2": "T2w"}[s["src_name"]]
+        assert tgt_p.modality == {"t1": "T1w", "t2": "T2w"}[s["tgt_name"]]
+        assert tgt_p.tr == {"t1": 500.0, "t2": 4000.0}[s["tgt_name"]]
+
+
+def test_implicit_sample_random_scale_and_prompt_without_voxel_size():
+    d = ramp_case()
+    d["t1_prompt"], d["t2_prompt"] = Prompt(modality="T1w").format(), Prompt(modality="T2w").format()
+    t = RandImplicitPaird(["t1", "t2"], patch_size=8, scale_range=(1.2, 2.8), num_points=10,
+                          num_samples=6).set_random_state(1)
+    scales = set()
+    for s in t(d):
+        m = int(round(8 * float(s["scale"])))
+        scales.add(m)
+        local = ((s["coords"] + 1) * m - 1) / 2
+        torch.testing.assert_close(local, local.round(), atol=1e-4, rtol=0)  # HR voxel centres of an m^3 crop
+        # no voxel size in the prompt: the image's spacing (2 mm) stands in
+        assert Prompt.parse(s["image_prompt"]).voxel_size == pytest.approx((2 * m / 8,) * 3)
+        assert Prompt.parse(s["label_prompt"]).voxel_size == (2.0, 2.0, 2.0)
+    assert len(scales) > 1
+
+
+def test_implicit_fixed_seed_repeats_per_case():
+    t = RandImplicitPaird(["t1", "t2"], patch_size=8, scale_range=(1, 3), num_points=50, fixed_seed=11)
+    a1, a2, b = t(ramp_case("a"))[0], t(ramp_case("a"))[0], t(ramp_case("b"))[0]
+    assert torch.equal(a1["coords"], a2["coords"]) and torch.equal(a1["label"], a2["label"])
+    assert torch.equal(a1["image"], a2["image"]) and a1["image_prompt"] == a2["image_prompt"]
+    assert not torch.equal(a1["coords"], b["coords"])
+
+
+def test_implicit_lr_cube_is_the_block_mean_of_any_volume():
+    """Not only of a ramp, and at scale 3 (at scale 2 a trilinear resize would agree with the block
+    mean): random volumes whose crop is the whole image."""
+    g = torch.Generator().manual_seed(2)
+    d = {"t1": torch.rand(1, 12, 12, 12, generator=g), "t2": torch.rand(1, 12, 12, 12, generator=g)}
+    s = RandImplicitPaird(["t1", "t2"], patch_size=4, scale_range=(3, 3), num_points=0,
+                          prompt_suffix=None).set_random_state(0)(d)[0]
+    for key, name in (("image", s["src_name"]), ("label_lr", s["tgt_name"])):
+        torch.testing.assert_close(s[key][0], d[name][0].reshape(4, 3, 4, 3, 4, 3).mean((1, 3, 5)))
+
+
+def test_implicit_errors_and_no_points():
+    d = ramp_case()
+    del d["t2_prompt"]
+    t = RandImplicitPaird(["t1", "t2"], patch_size=8, scale_range=(2, 2), num_points=5).set_random_state(0)
+    with pytest.raises(DataError, match="'t2'"):
+        t(d)
+    with pytest.raises(DataError, match="none of the images"):
+        t({"case": "x", "flair": torch.zeros(1, 4, 4, 4)})
+    with pytest.raises(ValueError, match="scale_range"):
+        RandImplicitPaird(["t1"], scale_range=(0.5, 2))
+    s = RandImplicitPaird(["t1", "t2"], patch_size=8, scale_range=(2, 2), num_points=0,
+                          prompt_suffix=None).set_random_state(0)(ramp_case())[0]
+    assert "coords" not in s and "image_values" not in s and "image_prompt" not in s
+    assert torch.equal(torch.as_tensor(s["label"]), torch.as_tensor(s["label_lr"]))
+
+
+def test_scaled_prompt_native_voxel_size():
+    no_vs = Prompt(modality="FLAIR", tr=9000).format()
+    assert Prompt.parse(scaled_prompt(no_vs, 2, native=(1.0, 1.0, 3.0))).voxel_size == (2.0, 2.0, 6.0)
+    assert Prompt.parse(scaled_prompt(no_vs, 2)).voxel_size is None
+    with_vs = Prompt(modality="FLAIR", voxel_size=(0.5, 0.5, 1.0))
+    assert Prompt.parse(scaled_prompt(with_vs, (2, 3, 4), native=(9, 9, 9))).voxel_size == (1.0, 1.5, 4.0)
+    assert Prompt.parse(scaled_prompt(with_vs, 1)).modality == "FLAIR"
