@@ -1,0 +1,182 @@
+"""The TUMSyn bundle run as users run it: stage 1 (text encoder) and stage 2 (synthesis) stacked,
+inference from a prompt or a named protocol onto a new voxel size, evaluation with held-out
+protocols, TorchScript export, torchrun with gloo, and the errors a user meets first."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_utils import BUNDLES, run_bundle
+from test_export import bundle_copy, exported_and_eager, quick_export_command, run_in
+from test_multi_gpu import assert_ranks_identical, torchrun
+
+B = "tumsyn"
+STAGE1 = ["train_text_encoder", "quick"]
+STAGE2 = ["train_text_encoder", "train", "quick"]
+TINY = ["--samples_per_case", "1", "--num_points", "300", "--patch_size", "8", "--clip_patch_size", "12"]
+FLAIR = ("Modality: FLAIR; Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree): (9000.0, 110.0, 2481.0, 90.0)")
+
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")]
+
+
+@pytest.fixture(scope="module")
+def protocol_phantom(tmp_path_factory):
+    """3 subjects at 4 mm: the named sequences, 2 random protocols (no PD-weighted one) and two
+    presets; ``pd_se`` is held out of training by the bundle's default."""
+    from mrsynth.data.phantom import write_dataset
+
+    root = tmp_path_factory.mktemp("protocol_phantom")
+    write_dataset(root, subjects=3, spacing=4.0, seed=11, protocols=2, presets=["pd_se", "t2_se_te60"],
+                  exclude_modalities=["PDw"], progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_tumsyn(protocol_phantom, tmp_path_factory):
+    """Stage 1 then stage 2, one tiny epoch each, in one bundle root; returns (root, stage-2 log)."""
+    root = tmp_path_factory.mktemp("tumsyn_bundle")
+    common = ["--dataset_dir", protocol_phantom, "--bundle_root", root, "--max_epochs", 1, "--val_interval", 1, *TINY]
+    run_bundle(B, STAGE1, *common)
+    proc = run_bundle(B, STAGE2, *common)
+    return root, proc.stdout + proc.stderr
+
+
+def test_both_stages_write_their_weights_and_stage2_keeps_the_text_encoder(trained_tumsyn):
+    root, log = trained_tumsyn
+    text = torch.load(root / "models" / "text_encoder.pt", weights_only=True)
+    model = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert text and "val_psnr" in log
+    for k, v in text.items():  # frozen in stage 2: the synthesis model carries stage 1's weights unchanged
+        torch.testing.assert_close(model[f"text_encoder.{k}"], v, rtol=0, atol=0)
+    assert any(k.startswith("decoder.") for k in model) and any(k.startswith("fusion.") for k in model)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'eval' / 'mlruns.db'}")
+    names = {e.name for e in mlflow.search_experiments()}
+    assert {"tumsyn_text_encoder", "tumsyn"} <= names
+    run = mlflow.search_runs(experiment_names=["tumsyn"], output_format="list")[0]
+    assert {"train_loss", "train_loss_forward", "train_loss_backward"} <= set(run.data.metrics)
+    run1 = mlflow.search_runs(experiment_names=["tumsyn_text_encoder"], output_format="list")[0]
+    assert {"train_loss", "logit_scale", "train_retrieval_acc"} <= set(run1.data.metrics)
+
+
+def test_stage2_without_stage1_names_the_missing_checkpoint(protocol_phantom, tmp_path):
+    proc = run_bundle(B, STAGE2, "--dataset_dir", protocol_phantom, "--bundle_root", tmp_path, "--max_epochs", 1,
+                      *TINY, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "text_encoder.pt" in out and "run stage 1 first" in out
+
+
+def test_inference_from_a_prompt_onto_a_new_voxel_size(trained_tumsyn, protocol_phantom, tmp_path):
+    from mrsynth.workflows import resampled_geometry
+
+    root, _ = trained_tumsyn
+    out = tmp_path / "out"
+    run_bundle(B, ["inference", "quick"], "--dataset_dir", protocol_phantom, "--bundle_root", root,
+               "--output_dir", out, "--target_prompt", FLAIR, "--spacing", 2, "--source", "t1", "--roi_size", 16,
+               "--points_per_chunk", 5000)
+    case = "PHANTOM_0000"
+    src = nib.load(protocol_phantom / case / f"{case}_t1.nii.gz")
+    syn = nib.load(out / case / f"{case}_flair_syn.nii.gz")
+    affine, shape = resampled_geometry(src.affine, src.shape, 2.0)
+    assert syn.shape == shape == tuple(2 * n for n in src.shape)
+    np.testing.assert_allclose(syn.affine, affine, atol=1e-5)
+    # the field of view is kept: the outer voxel edges coincide
+    np.testing.assert_allclose(syn.affine @ [-0.5, -0.5, -0.5, 1], src.affine @ [-0.5, -0.5, -0.5, 1], atol=1e-5)
+    data = np.asarray(syn.dataobj)
+    assert np.isfinite(data).all() and data.std() > 0
+    side = json.loads((out / case / f"{case}_flair_syn.json").read_text())
+    age = json.loads((protocol_phantom / case / f"{case}_t1.json").read_text())["age"]
+    assert "Voxel size: (2.0, 2.0, 2.0)" in side["prompt"] and f"Age: {age};" in side["prompt"]  # subject inherited
+    assert side["sources"] == ["t1"]
+    # a named protocol without --spacing stays on the source's grid
+    run_bundle(B, ["inference", "quick"], "--dataset_dir", protocol_phantom, "--bundle_root", root,
+               "--output_dir", out, "--target", "t2_se_te60", "--source", "t1", "--roi_size", 16)
+    named = nib.load(out / case / f"{case}_t2_se_te60_syn.nii.gz")
+    assert named.shape == src.shape
+    np.testing.assert_allclose(named.affine, src.affine, atol=1e-5)
+
+
+def test_inference_rejects_a_malformed_prompt_naming_the_field(trained_tumsyn, protocol_phantom, tmp_path):
+    root, _ = trained_tumsyn
+    proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", protocol_phantom, "--bundle_root", root,
+                      "--output_dir", tmp_path, "--target_prompt", "Modality: FLAIR; Age: old", check=False)
+    assert proc.returncode != 0 and "Age" in proc.stdout + proc.stderr
+    assert not list(tmp_path.rglob("*_syn.nii.gz"))
+
+
+def test_evaluation_scores_a_held_out_protocol(trained_tumsyn, protocol_phantom, tmp_path):
+    root, _ = trained_tumsyn
+    out = tmp_path / "ev"
+    run_bundle(B, ["train_text_encoder", "train", "evaluate", "quick"], "--dataset_dir", protocol_phantom,
+               "--bundle_root", root, "--output_dir", out, "--eval_sources", "['t1']",
+               "--eval_targets", "['pd_se','flair']", "--roi_size", 16, timeout=900)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert {(r["source"], r["target"]) for r in rows} == {("t1", "pd_se"), ("t1", "flair")}
+    assert len(rows) == 6  # 3 cases x 2 pairs
+    for r in rows:
+        assert float(r["limit_psnr"]) > float(r["psnr"]) > 0
+        assert r["r_brain"] and float(r["oracle_r_brain"]) > 0.5  # the known answer is there for every target
+    summary = json.loads((out / "summary.json").read_text())
+    assert "t1->pd_se" in summary["pairs"]
+
+
+def test_torchscript_export_matches_checkpoint(trained_tumsyn, tmp_path):
+    from mrsynth.inferers import ImplicitSlidingWindowInferer
+    from mrsynth.networks import voxel_centers
+    from mrsynth.transforms import PromptTokenizer
+
+    root, _ = trained_tumsyn
+    bundle = bundle_copy(B, root, tmp_path / B)
+    run_in(bundle, quick_export_command(B))
+    ts, meta, _, net = exported_and_eager(bundle)
+    assert list(meta["network_data_format"]["inputs"]) == ["image", "tokens", "coords"]
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 1, 10, 12, 9, generator=g)
+    tokens = PromptTokenizer()(FLAIR)
+    coords = voxel_centers((10, 12, 9))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(ts(image, tokens, coords), net(image, tokens, coords), atol=1e-5, rtol=0)
+        inferer = ImplicitSlidingWindowInferer(roi_size=6, points_per_chunk=100)
+        torch.testing.assert_close(inferer(image, ts, tokens, output_shape=(20, 24, 18)),
+                                   inferer(image, net, tokens, output_shape=(20, 24, 18)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow  # two processes train, twice
+def test_multi_gpu_training_of_both_stages_keeps_ranks_in_sync(protocol_phantom, tmp_path):
+    root = tmp_path / "ddp"
+    common = ["--dataset_dir", protocol_phantom, "--bundle_root", root, "--max_epochs", 1, "--val_interval", 1,
+              "--rank_weights_dir", root / "ranks", *TINY]
+    run_bundle(B, [*STAGE1, "multi_gpu_train"], *common, cmd=torchrun(), timeout=300)
+    assert (root / "models" / "text_encoder.pt").is_file()
+    proc = run_bundle(B, [*STAGE2, "multi_gpu_train"], *common, cmd=torchrun(), timeout=300)
+    final = assert_ranks_identical(root, proc.stdout + proc.stderr)
+    assert any(k.startswith("decoder.") for k in final)
+
+
+def test_configs_share_the_network_and_normalisation():
+    """inference.json builds the network and scales intensities as the stacked training configs do."""
+    from monai.bundle import ConfigParser
+
+    def parser(names):
+        p = ConfigParser()
+        p.read_config([str(BUNDLES / B / "configs" / f"{n}.json") for n in names])
+        return p
+
+    train, infer = parser(["train_text_encoder", "train"]), parser(["inference"])
+    for key in ("context_length", "text_width", "text_heads", "text_layers", "embed_dim", "features", "num_blocks",
+                "heads", "adapter_hidden", "decoder_channels", "text_encoder_def", "network_def", "layout"):
+        assert train[key] == infer[key], key
+    def plain(transforms):
+        return [{k: v for k, v in t.items() if k != "_desc_"} for t in transforms if "PromptFromSidecard" not in t["_target_"]]
+
+    assert plain(infer["preprocessing"]["transforms"]) == plain(train["load_transforms"])
+    quick = json.loads((BUNDLES / B / "configs" / "quick.json").read_text())
+    assert all("#" not in k for k in quick), "quick.json must only set top-level ids (it stacks on every config)"
