@@ -191,7 +191,7 @@ def test_tsf_torchscript_matches_checkpoint_and_carries_metadata(exported_tsf):
 
 
 @pytest.mark.slow  # runs a bundle command in a new process
-@pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq", "vq_seq2seq"])
+@pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq", "vq_seq2seq", "tumsyn"])
 def test_metadata_valid_against_schema(bundle, tmp_path):
     """``python -m monai.bundle verify_metadata``, offline: the schema copy shipped with the tests
     stands where MONAI would download it."""
