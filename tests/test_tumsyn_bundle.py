@@ -66,6 +66,7 @@ def test_both_stages_write_their_weights_and_stage2_keeps_the_text_encoder(train
     assert {"train_loss", "logit_scale", "train_retrieval_acc"} <= set(run1.data.metrics)
 
 
+@pytest.mark.slow  # runs a bundle
 def test_stage2_without_stage1_names_the_missing_checkpoint(protocol_phantom, tmp_path):
     proc = run_bundle(B, STAGE2, "--dataset_dir", protocol_phantom, "--bundle_root", tmp_path, "--max_epochs", 1,
                       *TINY, check=False)

@@ -16,6 +16,7 @@ pick its sources and hand the conditioning object everything method-specific:
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -28,11 +29,16 @@ __all__ = ["Conditioning", "TargetCode", "TargetCodeFusion", "TargetPrompt", "NA
 
 
 def resampled_geometry(affine, shape, spacing) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The grid of voxel size ``spacing`` (mm, one number or one per axis) over the field of view
-    of ``(affine, shape)``: same orientation, ``round(n * old / new)`` voxels per axis, the outer
-    voxel edges where the old grid's are (up to the rounding of the count).
+    """The grid of voxel size about ``spacing`` (mm, one number or one per axis) over the field of
+    view of ``(affine, shape)``: same orientation, ``n' = round(n * old / spacing)`` voxels per axis
+    (at least 1), and the field of view kept exactly: the outer voxel edges are the old grid's, so
+    the voxel size is exactly ``n * old / n'``, which differs from ``spacing`` where ``spacing``
+    does not divide the field of view (3 mm over 200 mm: 67 voxels of 200 / 67 mm).
 
-    Returns ``(affine (4, 4), shape)``; ``spacing=None`` returns the input grid."""
+    Returns ``(affine (4, 4), shape)``; ``spacing=None`` returns the input grid.
+
+    Raises:
+        ValueError: ``spacing`` is not one positive number or three."""
     a = np.asarray(affine, dtype=np.float64)
     shape = tuple(int(n) for n in shape)
     if spacing is None:
@@ -45,7 +51,7 @@ def resampled_geometry(affine, shape, spacing) -> tuple[np.ndarray, tuple[int, .
     new_shape = tuple(max(1, int(round(n * o / s))) for n, o, s in zip(shape, old, sp))
     # the exact new voxel size keeps the field of view: n' * s' = n * s
     exact = np.array([n * o / m for n, o, m in zip(shape, old, new_shape)])
-    direction = a[:3, :3] / old
+    direction = np.eye(3)
     out = np.eye(4)
     out[:3, :3] = direction * exact
     corner = a[:3, :3] @ np.full(3, -0.5) + a[:3, 3]  # the outer edge of voxel 0
@@ -191,7 +197,8 @@ class TargetPrompt(Conditioning):
         if side is not None and self.inherit:
             try:
                 src = Prompt.from_sidecar(side)
-            except DataError:
+            except DataError as e:  # optional metadata: synthesize without it, but say so
+                warnings.warn(f"{source}: its sidecar is not used for {', '.join(self.inherit)}: {e}", stacklevel=2)
                 src = None
             if src is not None:
                 p = p.replace(**{f: getattr(src, f) for f in self.inherit if getattr(p, f) is None})
