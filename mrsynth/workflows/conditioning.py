@@ -51,7 +51,7 @@ def resampled_geometry(affine, shape, spacing) -> tuple[np.ndarray, tuple[int, .
     new_shape = tuple(max(1, int(round(n * o / s))) for n, o, s in zip(shape, old, sp))
     # the exact new voxel size keeps the field of view: n' * s' = n * s
     exact = np.array([n * o / m for n, o, m in zip(shape, old, new_shape)])
-    direction = np.eye(3)
+    direction = a[:3, :3] / old
     out = np.eye(4)
     out[:3, :3] = direction * exact
     corner = a[:3, :3] @ np.full(3, -0.5) + a[:3, 3]  # the outer edge of voxel 0
