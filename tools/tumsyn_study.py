@@ -220,6 +220,9 @@ def main(argv=None) -> int:
     ap.add_argument("--overrides", default="", help="JSON dict of config ids for training and the study, e.g. '{\"features\": 32}'")
     ap.add_argument("--sr-factor", type=int, default=3)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-stage1", action="store_true", help="reuse <out>/bundle/models/text_encoder.pt")
+    ap.add_argument("--eval-sources", default="['t1','t2']")
+    ap.add_argument("--eval-targets", default=None, help="default: the named sequences and every preset")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--report", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -242,20 +245,22 @@ def main(argv=None) -> int:
     if not args.skip_train:
         common = ["--dataset_dir", str(train_dir), "--bundle_root", str(root), *cli]
         # the weights are written at validation: validate at least at the last epoch
-        sh("stage1", [py, "-m", "monai.bundle", "run", "--config_file",
+        if not args.skip_stage1:
+          sh("stage1", [py, "-m", "monai.bundle", "run", "--config_file",
                       "['configs/train_text_encoder.json','configs/quick.json']", "--max_epochs", str(args.epochs1),
-                      "--val_interval", str(min(10, args.epochs1)), *common], cwd=BUNDLE)
+                        "--val_interval", str(min(10, args.epochs1)), *common], cwd=BUNDLE)
         sh("stage2", [py, "-m", "monai.bundle", "run", "--config_file",
                       "['configs/train_text_encoder.json','configs/train.json','configs/quick.json']",
                       "--max_epochs", str(args.epochs2), "--val_interval", str(min(10, args.epochs2)), *common], cwd=BUNDLE)
         timings.update(TIMINGS)
         timings_path.write_text(json.dumps(timings, indent=2))
     targets = ["t1", "t1ce", "t2", "flair", *[preset_image_name(k) for k in PROTOCOL_PRESETS]]
+    targets = json.loads(args.eval_targets.replace("'", '"')) if args.eval_targets else targets
     if not args.skip_eval:
         sh("evaluate", [py, "-m", "monai.bundle", "run", "--config_file",
                         "['configs/train_text_encoder.json','configs/train.json','configs/evaluate.json','configs/quick.json']",
                         "--dataset_dir", str(test_dir), "--bundle_root", str(root), "--output_dir", str(out / "eval"),
-                        "--eval_sources", "['t1','t2']", "--eval_targets", json.dumps(targets), *cli], cwd=BUNDLE)
+                        "--eval_sources", args.eval_sources, "--eval_targets", json.dumps(targets), *cli], cwd=BUNDLE)
     summary = json.loads((out / "eval" / "summary.json").read_text())
 
     from mrsynth.inferers import ImplicitSlidingWindowInferer
