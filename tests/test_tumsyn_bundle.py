@@ -57,12 +57,13 @@ def test_both_stages_write_their_weights_and_stage2_keeps_the_text_encoder(train
     assert any(k.startswith("decoder.") for k in model) and any(k.startswith("fusion.") for k in model)
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'eval' / 'mlruns.db'}")
-    names = {e.name for e in mlflow.search_experiments()}
+    # a client, not mlflow.set_tracking_uri: that one is process-wide (and exported to the bundles other tests start)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'eval' / 'mlruns.db'}")
+    names = {e.name for e in client.search_experiments()}
     assert {"tumsyn_text_encoder", "tumsyn"} <= names
-    run = mlflow.search_runs(experiment_names=["tumsyn"], output_format="list")[0]
+    (run,) = client.search_runs([client.get_experiment_by_name("tumsyn").experiment_id])
     assert {"train_loss", "train_loss_forward", "train_loss_backward"} <= set(run.data.metrics)
-    run1 = mlflow.search_runs(experiment_names=["tumsyn_text_encoder"], output_format="list")[0]
+    (run1,) = client.search_runs([client.get_experiment_by_name("tumsyn_text_encoder").experiment_id])
     assert {"train_loss", "logit_scale", "train_retrieval_acc"} <= set(run1.data.metrics)
 
 
