@@ -18,6 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, Randomizable
 
 from ..errors import DataError
@@ -43,8 +44,7 @@ def _spacing(img) -> list[float] | None:
     affine = getattr(img, "affine", None)
     if affine is None:
         return None
-    a = np.asarray(affine, dtype=np.float64)
-    return np.sqrt((a[:3, :3] ** 2).sum(0)).round(4).tolist()
+    return affine_to_spacing(np.asarray(affine, dtype=np.float64), r=3).round(4).tolist()
 
 
 class RandImplicitPaird(Randomizable, MapTransform):

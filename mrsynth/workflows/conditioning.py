@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 import torch
+from monai.data.utils import affine_to_spacing
 
 from ..errors import DataError
 from ..sequences import sequence_index
@@ -47,7 +48,7 @@ def resampled_geometry(affine, shape, spacing) -> tuple[np.ndarray, tuple[int, .
         else np.asarray(spacing, dtype=np.float64)
     if sp.shape != (3,) or not np.all(sp > 0):
         raise ValueError(f"spacing must be one positive number or three, got {spacing}")
-    old = np.sqrt((a[:3, :3] ** 2).sum(0))
+    old = affine_to_spacing(a, r=3)
     new_shape = tuple(max(1, int(round(n * o / s))) for n, o, s in zip(shape, old, sp))
     # the exact new voxel size keeps the field of view: n' * s' = n * s
     exact = np.array([n * o / m for n, o, m in zip(shape, old, new_shape)])
@@ -208,7 +209,7 @@ class TargetPrompt(Conditioning):
     def inputs(self, d, sources, sequences, device):
         img = d[sources[0]]
         affine = np.asarray(img.affine)
-        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0)).round(4).tolist()
+        spacing = affine_to_spacing(affine, r=3).round(4).tolist()
         prompt = self.prompt_for(d, sources[0], spacing)
         self._text = prompt.format()
         tokens = self.tokenizer(self._text).to(device)
