@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from mrsynth.errors import DataError
-from mrsynth.transforms.prompt import (DEFAULT_CONTEXT_LENGTH, PARAMETER_FIELD, Prompt, PromptError, PromptFromSidecard,
-                                       PromptTokenizer, TokenizePromptd, format_prompt)
+from mrsynth.transforms.prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, PARAMETER_FIELD,
+                                       AcquisitionFeaturesd, Prompt, PromptError, PromptFromSidecard, PromptTokenizer,
+                                       TokenizePromptd, acquisition_features, format_prompt)
 
 EXAMPLE = ("Age: 12; Gender: M; Scanner: 3.0 Siemens; Modality: T1w; Voxel size: (0.8, 0.8, 0.8); "
            "Imaging parameter TR(ms), TE(ms), TI(ms), and FA(degree): (2500.0, 2.2, 1000.0, 8.0)")
@@ -275,3 +276,39 @@ def test_prompt_transform_missing_sidecar(tmp_path):
         PromptFromSidecard("flair")({"t1": str(image)})
     with pytest.raises(KeyError):
         PromptFromSidecard("flair")({"flair": "image.mha"})
+
+
+# -- acquisition parameters as numbers ------------------------------------------------------------
+def test_acquisition_features_known_answer():
+    import math
+
+    v = acquisition_features(EXAMPLE)  # TR 2500, TE 2.2, TI 1000, FA 8
+    assert v.shape == (ACQUISITION_FEATURES,) == (12,) and v.dtype == torch.float32
+    expected = [1, math.log(2.5), 0.25, 1, math.log(2.2 / 30), 0.022, 1, 0.0, 1.0,
+                1, math.sin(math.radians(8)), math.cos(math.radians(8))]
+    torch.testing.assert_close(v, torch.tensor(expected, dtype=torch.float32))
+    # a Prompt and its text give the same vector
+    torch.testing.assert_close(acquisition_features(EXAMPLE_PROMPT), v)
+
+
+def test_acquisition_features_unknown_values_are_zero():
+    assert not acquisition_features("Age: 40; Modality: T2w").any()  # nothing known
+    v = acquisition_features(Prompt(tr=4000, te=100, ti=0, fa=90))  # TI 0: no inversion
+    assert v[6:9].tolist() == [0, 0, 0]
+    assert v[[0, 3, 9]].tolist() == [1, 1, 1]
+    torch.testing.assert_close(v[10:12], torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)  # FA 90: sin 1, cos 0
+    # the parameters that set a contrast move the vector; the subject fields do not
+    base = Prompt(tr=4000, te=100, fa=90)
+    assert not torch.equal(acquisition_features(base), acquisition_features(base.replace(te=30)))
+    assert torch.equal(acquisition_features(base), acquisition_features(base.replace(age=70, modality="PDw")))
+
+
+def test_acquisition_transform():
+    d = {"p": EXAMPLE, "q": EXAMPLE_PROMPT.replace(ti=None)}
+    out = AcquisitionFeaturesd(["p", "q"])(d)
+    assert "p_acquisition" not in d  # input untouched
+    torch.testing.assert_close(out["p_acquisition"], acquisition_features(EXAMPLE))
+    assert out["q_acquisition"][6:9].tolist() == [0, 0, 0]
+    assert AcquisitionFeaturesd("r", suffix="_x", allow_missing_keys=True)(d).keys() == d.keys()
+    with pytest.raises(PromptError, match="FA"):
+        AcquisitionFeaturesd("p")({"p": "TR/TE/TI/FA: (2500, 2.2, None, 400)"})

@@ -7,8 +7,8 @@ from .corruption import (CORRUPTION_LEVELS, CORRUPTIONS, STRENGTHS, RandMotionGh
 from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range
 from .implicit import RandImplicitPaird, scaled_prompt
 from .io import LoadSequencesd
-from .prompt import (DEFAULT_CONTEXT_LENGTH, Prompt, PromptError, PromptFromSidecard, PromptTokenizer, TokenizePromptd,
-                     format_prompt)
+from .prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, AcquisitionFeaturesd, Prompt, PromptError,
+                     PromptFromSidecard, PromptTokenizer, TokenizePromptd, acquisition_features, format_prompt)
 from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
 
 __all__ = [
@@ -40,6 +40,9 @@ __all__ = [
     "PromptTokenizer",
     "PromptFromSidecard",
     "TokenizePromptd",
+    "AcquisitionFeaturesd",
+    "acquisition_features",
+    "ACQUISITION_FEATURES",
     "format_prompt",
     "DEFAULT_CONTEXT_LENGTH",
 ]
