@@ -157,8 +157,9 @@ class ImplicitSlidingWindowInferer(Inferer):
         skip_below: windows whose input never exceeds this are not run (background, 0 there).
         amp: mixed precision where the device runs it natively (:func:`mrsynth.amp.autocast`).
 
-    Call: ``inferer(inputs (1, C, X, Y, Z), network, tokens (1, L), output_shape=(X', Y', Z'))``
-    -> ``(1, 1, X', Y', Z')``.
+    Call: ``inferer(inputs (1, C, X, Y, Z), network, tokens (1, L), acquisition (1, A) or None,
+    output_shape=(X', Y', Z'))`` -> ``(1, 1, X', Y', Z')``; ``acquisition`` is the prompt's
+    :func:`~mrsynth.transforms.acquisition_features`, for a network that reads them.
     """
 
     def __init__(self, roi_size: int = 60, overlap: float = 0.5, points_per_chunk: int = 65536,
@@ -171,7 +172,8 @@ class ImplicitSlidingWindowInferer(Inferer):
         self.skip_below, self.amp = skip_below, as_bool(amp, "amp")
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, network, tokens: torch.Tensor, output_shape=None, **kwargs) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network, tokens: torch.Tensor, acquisition: torch.Tensor | None = None,
+                 output_shape=None, **kwargs) -> torch.Tensor:
         if inputs.ndim != 5 or inputs.shape[0] != 1:
             raise ValueError(f"ImplicitSlidingWindowInferer expects one volume (1, C, X, Y, Z), got {tuple(inputs.shape)}")
         x = torch.as_tensor(inputs).float()
@@ -179,7 +181,7 @@ class ImplicitSlidingWindowInferer(Inferer):
         shape_in = list(x.shape[2:])
         shape_out = [int(v) for v in (output_shape or shape_in)]
         with autocast(dev, enabled=self.amp):
-            text = network.encode_text(tokens.to(dev))
+            text = network.encode_text(tokens.to(dev), None if acquisition is None else acquisition.to(dev))
         # input-index position of every output voxel centre, per axis
         u = [(torch.arange(m, device=dev, dtype=torch.float64) + 0.5) * n / m - 0.5 for n, m in zip(shape_in, shape_out)]
         acc = torch.zeros(shape_out, dtype=torch.float32, device=dev)

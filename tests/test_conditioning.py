@@ -19,7 +19,7 @@ from mrsynth.data.phantom import PROTOCOL_PRESETS, check_protocol, modality_of
 from mrsynth.errors import DataError
 from mrsynth.inferers import ImplicitSlidingWindowInferer
 from mrsynth.networks import TextEncoder, TUMSyn
-from mrsynth.transforms import Prompt, PromptTokenizer
+from mrsynth.transforms import Prompt, PromptTokenizer, acquisition_features
 from mrsynth.workflows import (NAMED_PROTOCOLS, SynthesisInference, TargetCode, TargetCodeFusion, TargetPrompt,
                                named_protocol, resampled_geometry)
 
@@ -224,9 +224,14 @@ def test_target_prompt_inputs_and_describe(tok, tmp_path):
     x, args, kwargs = cond.inputs(d, ["t1"], list(SEQS), "cpu")
     assert x.shape == (1, 1, 8, 10, 6) and x.dtype == torch.float32
     torch.testing.assert_close(x[0], data.float(), atol=0, rtol=0)
-    assert len(args) == 1
-    tokens = args[0]
+    assert len(args) == 2
+    tokens, acquisition = args
     assert tokens.shape == (1, 128) and tokens.dtype == torch.long
+    # the flair preset's TR, TE, TI and flip angle, as numbers
+    p = named_protocol("flair")
+    torch.testing.assert_close(acquisition, acquisition_features(
+        f"TR/TE/TI/FA: ({p['TR']}, {p['TE']}, {p['TI']}, {p['FA']})")[None])
+    assert acquisition[0, 8] == pytest.approx(p["TI"] / 1000, rel=1e-6)
     text = cond.describe()["prompt"]
     assert text == cond.prompt_for(d, "t1", [2.0, 2.0, 3.0]).format()
     assert "Age: 42; Gender: F; Scanner: 3.0 Siemens; Modality: FLAIR; Voxel size: (1.0, 1.0, 1.0)" in text

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor, decollate_batch
 
-from mrsynth.engines import CLIPTrainStep, TUMSynTrainStep, clip_loss, retrieval_output
+from mrsynth.engines import CLIPTrainStep, TUMSynTrainStep, clip_loss, retrieval_output, same_prompts
 from mrsynth.errors import DataError
 from mrsynth.inferers import ImplicitSlidingWindowInferer
 from mrsynth.networks import (ImageEncoder, ImplicitDecoder, TextEncoder, TextImageCLIP, TUMSyn, sample_features,
@@ -106,6 +106,29 @@ def test_clip_loss_known_answer_and_matched_pairs_score_lower():
     assert float(matched) < float(shuffled)
 
 
+def test_clip_loss_with_identical_prompts_shares_the_target():
+    g = torch.Generator().manual_seed(2)
+    img = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    txt = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    tok = tokens([1, 2], [3], [1, 2], [4])  # rows 0 and 2: one prompt
+    same = same_prompts(tok)
+    assert same.tolist() == [[True, False, True, False], [False, True, False, False],
+                             [True, False, True, False], [False, False, False, True]]
+    loss, logits = clip_loss(img, txt, torch.tensor(10.0), same)
+    target = torch.tensor([[0.5, 0, 0.5, 0], [0, 1, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 1.0]])
+    i2t = -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = -(target * torch.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    assert float(loss) == pytest.approx(float(0.5 * (i2t + t2i)), rel=1e-6)
+    # all prompts different: the same as CLIP's hard targets
+    plain, _ = clip_loss(img, txt, torch.tensor(10.0))
+    eye, _ = clip_loss(img, txt, torch.tensor(10.0), torch.eye(4, dtype=torch.bool))
+    assert float(plain) == pytest.approx(float(eye), rel=1e-6)
+    # two cubes of one image with one prompt: the best possible loss is reached, not ln 2 above it
+    emb = F.normalize(torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0]]), dim=1)
+    best, _ = clip_loss(emb, emb, torch.tensor(100.0), same_prompts(tokens([1], [2], [1])))
+    assert float(best) < 0.7  # ln 2 = 0.69 is the soft target's entropy, the floor
+
+
 def test_retrieval_output_batched_and_decollated_agree():
     g = torch.Generator().manual_seed(1)
     img = F.normalize(torch.randn(3, 8, generator=g), dim=1)
@@ -192,6 +215,45 @@ def test_forward_is_encode_text_encode_query_and_the_prompt_matters():
     assert (other - y).abs().max() > 1e-4
 
 
+def test_acquisition_parameters_reach_the_output_and_are_required():
+    from mrsynth.transforms import acquisition_features
+
+    net = tiny_tumsyn(acquisition_features=12).eval()
+    image, tok, coords = tumsyn_inputs()
+    t2 = acquisition_features("TR/TE/TI/FA: (4000, 120, None, 90)")
+    flair = acquisition_features("TR/TE/TI/FA: (9000, 110, 2480, 90)")
+    with torch.no_grad():  # FiLM starts at zero: give it weights so that the prompt shows
+        net.fusion.film.weight.normal_(0, 0.5)
+        same_tokens = tok[:1].expand(2, -1)
+        y = net(image[:1].expand(2, -1, -1, -1, -1), same_tokens, coords[:1].expand(2, -1, -1), torch.stack([t2, flair]))
+        # same image, same tokens: only the acquisition parameters differ
+        assert (y[0] - y[1]).abs().max() > 1e-4
+        acq = torch.stack([t2, flair])
+        torch.testing.assert_close(net.query(net.encode(image, net.encode_text(tok, acq)), coords),
+                                   net(image, tok, coords, acq))
+        scripted = torch.jit.script(net)
+        torch.testing.assert_close(scripted(image, tok, coords, acq), net(image, tok, coords, acq))
+    with pytest.raises(ValueError, match="acquisition"):
+        net(image, tok, coords)
+    with pytest.raises(ValueError, match=r"\(B, 12\)"):
+        net(image, tok, coords, acq[:, :5])
+    # without the acquisition encoder (the paper's network) the vector is ignored
+    paper = tiny_tumsyn().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(paper(image, tok, coords, acq), paper(image, tok, coords))
+
+
+def test_fusion_film_starts_as_identity():
+    net = tiny_tumsyn().eval()
+    f = torch.randn(2, 8, 3, 3, 3)
+    text = torch.randn(2, 16)
+    with torch.no_grad():
+        out = net.fusion(f, text)
+        net.fusion.film.weight.normal_(0, 0.5)
+        moved = net.fusion(f, text)
+    assert net.fusion.film.bias.abs().sum() == 0 and (moved - out).abs().max() > 1e-4
+
+
 # -- coordinates --------------------------------------------------------------------------------
 def test_sample_features_at_voxel_centres_are_the_voxels():
     f = torch.randn(2, 3, 5, 4, 3)
@@ -243,7 +305,7 @@ class StubNet:
     def __init__(self, value=None, fail=False):
         self.value, self.fail, self.windows = value, fail, []
 
-    def encode_text(self, tokens):
+    def encode_text(self, tokens, acquisition=None):
         return torch.zeros(tokens.shape[0], 4)
 
     def encode(self, win, text):
@@ -354,6 +416,25 @@ def test_tumsyn_step_is_half_forward_plus_half_backward_l1():
     only = TUMSynTrainStep(backward_weight=0.0, loss=torch.nn.L1Loss()).compute(net, batch)
     assert float(only["loss_backward"]) == 0.0
     assert float(only["loss"].detach()) == pytest.approx(float(0.5 * lf), rel=1e-5)
+
+
+def test_tumsyn_step_passes_each_direction_its_own_acquisition_parameters():
+    net = tiny_tumsyn(acquisition_features=12).train()
+    with torch.no_grad():
+        net.fusion.film.weight.normal_(0, 0.5)
+    batch = tumsyn_batch()
+    g = torch.Generator().manual_seed(3)
+    batch["image_prompt_acquisition"], batch["label_prompt_acquisition"] = torch.randn(2, 2, 12, generator=g)
+    out = TUMSynTrainStep(loss=torch.nn.L1Loss()).compute(net, batch)
+    with torch.no_grad():
+        fwd = net(batch["image"], batch["label_prompt_tokens"], batch["coords"], batch["label_prompt_acquisition"])
+        bwd = net(batch["label_lr"], batch["image_prompt_tokens"], batch["coords"], batch["image_prompt_acquisition"])
+        swapped = net(batch["image"], batch["label_prompt_tokens"], batch["coords"], batch["image_prompt_acquisition"])
+    torch.testing.assert_close(out["pred"].detach(), fwd, atol=1e-5, rtol=1e-5)
+    assert float(out["loss_backward"]) == pytest.approx(float((bwd - batch["image_values"]).abs().mean()), rel=1e-5)
+    assert (swapped - fwd).abs().max() > 1e-4
+    out["loss"].backward()
+    assert net.acquisition.mlp[0].weight.grad.abs().sum() > 0
 
 
 # -- random-scale training samples ---------------------------------------------------------------

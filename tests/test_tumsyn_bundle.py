@@ -133,22 +133,24 @@ def test_evaluation_scores_a_held_out_protocol(trained_tumsyn, protocol_phantom,
 def test_torchscript_export_matches_checkpoint(trained_tumsyn, tmp_path):
     from mrsynth.inferers import ImplicitSlidingWindowInferer
     from mrsynth.networks import voxel_centers
-    from mrsynth.transforms import PromptTokenizer
+    from mrsynth.transforms import PromptTokenizer, acquisition_features
 
     root, _ = trained_tumsyn
     bundle = bundle_copy(B, root, tmp_path / B)
     run_in(bundle, quick_export_command(B))
     ts, meta, _, net = exported_and_eager(bundle)
-    assert list(meta["network_data_format"]["inputs"]) == ["image", "tokens", "coords"]
+    assert list(meta["network_data_format"]["inputs"]) == ["image", "tokens", "coords", "acquisition"]
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 1, 10, 12, 9, generator=g)
     tokens = PromptTokenizer()(FLAIR)
+    acquisition = acquisition_features(FLAIR)[None]
     coords = voxel_centers((10, 12, 9))[None]
     with torch.no_grad():
-        torch.testing.assert_close(ts(image, tokens, coords), net(image, tokens, coords), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ts(image, tokens, coords, acquisition), net(image, tokens, coords, acquisition),
+                                   atol=1e-5, rtol=0)
         inferer = ImplicitSlidingWindowInferer(roi_size=6, points_per_chunk=100)
-        torch.testing.assert_close(inferer(image, ts, tokens, output_shape=(20, 24, 18)),
-                                   inferer(image, net, tokens, output_shape=(20, 24, 18)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(inferer(image, ts, tokens, acquisition, output_shape=(20, 24, 18)),
+                                   inferer(image, net, tokens, acquisition, output_shape=(20, 24, 18)), atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow  # two processes train, twice

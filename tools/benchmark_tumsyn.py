@@ -76,10 +76,12 @@ CONTEXT_LENGTH, VOCAB = 128, 49408
 
 def build_model(args):
     from mrsynth.networks import TextEncoder, TUMSyn
+    from mrsynth.transforms import ACQUISITION_FEATURES
 
     torch.manual_seed(0)
     text = TextEncoder(vocab_size=VOCAB, context_length=CONTEXT_LENGTH, layers=args.text_layers)
-    net = TUMSyn(text, features=args.features, num_blocks=args.blocks, decoder_channels=tuple(args.decoder))
+    net = TUMSyn(text, features=args.features, num_blocks=args.blocks, decoder_channels=tuple(args.decoder),
+                 acquisition_features=ACQUISITION_FEATURES)
     return net.eval()
 
 
@@ -118,8 +120,8 @@ class CountingNetwork:
     def __init__(self, net):
         self.net, self.windows, self.query_calls = net, 0, 0
 
-    def encode_text(self, tokens):
-        return self.net.encode_text(tokens)
+    def encode_text(self, tokens, acquisition=None):
+        return self.net.encode_text(tokens, acquisition)
 
     def encode(self, image, text):
         self.windows += 1
@@ -151,6 +153,7 @@ def run_variant(args, variant: str) -> tuple[dict, torch.Tensor | None]:
     ``(roi, roi, roi)`` on the CPU."""
     from mrsynth.inferers import ImplicitSlidingWindowInferer
     from mrsynth.networks import voxel_centers
+    from mrsynth.transforms import acquisition_features
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -159,6 +162,7 @@ def run_variant(args, variant: str) -> tuple[dict, torch.Tensor | None]:
     roi = args.roi
     net = build_model(args).to(dev)
     tokens = prompt_tokens(args.seed).to(dev)
+    acquisition = acquisition_features("TR/TE/TI/FA: (9000, 110, 2480, 90)")[None].to(dev)
     win = window_input(roi, args.seed).to(dev)
     counter = CountingNetwork(net)
 
@@ -169,13 +173,13 @@ def run_variant(args, variant: str) -> tuple[dict, torch.Tensor | None]:
     if variant == "reference":
         def call(x):
             coords = voxel_centers((roi,) * 3, device=dev)[None]
-            return net(x, tokens, coords).view(roi, roi, roi)
+            return net(x, tokens, coords, acquisition).view(roi, roi, roi)
     else:
         inferer = ImplicitSlidingWindowInferer(
             roi_size=roi, overlap=args.overlap, points_per_chunk=args.chunk, amp=amp)
 
         def call(x):
-            return inferer(x, counter, tokens, output_shape=tuple(x.shape[2:]))[0, 0]
+            return inferer(x, counter, tokens, acquisition, output_shape=tuple(x.shape[2:]))[0, 0]
 
     if variant.startswith("whole_brain"):
         timed_input = phantom(tuple(args.whole_brain), args.seed).to(dev)

@@ -77,12 +77,14 @@ def normalise(x: np.ndarray, ref: np.ndarray | None = None):
 
 
 def synthesize(net, inferer, tokenizer, volume: np.ndarray, affine, prompt, spacing, device) -> np.ndarray:
+    from mrsynth.transforms import acquisition_features
     from mrsynth.workflows import resampled_geometry
 
     _, shape = resampled_geometry(affine, volume.shape, spacing)
     x = torch.as_tensor(volume)[None, None].to(device)
     with torch.no_grad():
-        return inferer(x, net, tokenizer(prompt.format()).to(device), output_shape=shape)[0, 0].cpu().numpy()
+        return inferer(x, net, tokenizer(prompt.format()).to(device), acquisition_features(prompt)[None].to(device),
+                       output_shape=shape)[0, 0].cpu().numpy()
 
 
 def physics(net, inferer, tokenizer, subject_seed: int, spacing: float, device) -> dict:

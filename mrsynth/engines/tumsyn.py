@@ -7,7 +7,9 @@
   with ``L`` the trainer's ``loss_function`` (the paper: L1).
 
 Batch keys are those of :class:`~mrsynth.transforms.RandImplicitPaird` followed by
-:class:`~mrsynth.transforms.TokenizePromptd` on ``image_prompt`` / ``label_prompt``.
+:class:`~mrsynth.transforms.TokenizePromptd` on ``image_prompt`` / ``label_prompt`` (and
+:class:`~mrsynth.transforms.AcquisitionFeaturesd` on both, ``*_prompt_acquisition``, for a
+network that reads the acquisition parameters; without those keys it gets ``None``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,30 @@ from monai.utils import CommonKeys as Keys
 
 from .base import TrainStep, run_as_forward
 
-__all__ = ["CLIPTrainStep", "TUMSynTrainStep", "clip_loss", "retrieval_output"]
+__all__ = ["CLIPTrainStep", "TUMSynTrainStep", "clip_loss", "same_prompts", "retrieval_output"]
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale,
+              same: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE of L2-normalised embeddings ``(B, E)``: ``(loss, logits)``, the
-    logits ``(B, B)`` image-to-text. Pair ``i`` is the positive of row and column ``i``."""
+    logits ``(B, B)`` image-to-text. Pair ``i`` is the positive of row and column ``i``.
+
+    ``same`` ``(B, B)`` bool (symmetric, true on the diagonal) marks pairs whose prompts are
+    identical: several cubes of one image in a batch share its prompt, and calling the others
+    negatives asks for the impossible. Each row's target is then spread evenly over its
+    identical prompts (soft-label cross-entropy); ``None``: all prompts differ (CLIP)."""
     logits = logit_scale * image @ text.t()
-    target = torch.arange(image.shape[0], device=image.device)
+    if same is None:
+        target = torch.arange(image.shape[0], device=image.device)
+    else:
+        target = same.to(logits.dtype)
+        target = target / target.sum(dim=1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)), logits
+
+
+def same_prompts(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, B)`` bool: which rows of ``tokens`` ``(B, L)`` are the same prompt."""
+    return (tokens[:, None, :] == tokens[None, :, :]).all(dim=-1)
 
 
 def retrieval_output(output):
@@ -44,8 +61,10 @@ def retrieval_output(output):
 
 class CLIPTrainStep(TrainStep):
     """Stage 1: ``network(image, tokens) -> (image_emb, text_emb, logit_scale)``; one term,
-    ``contrastive`` (symmetric InfoNCE). ``pred`` is the image-to-text logits; the logs add
-    ``logit_scale`` and the batch's image-to-text retrieval accuracy ``retrieval_acc``.
+    ``contrastive`` (symmetric InfoNCE, identical prompts in the batch sharing the target,
+    :func:`clip_loss`). ``pred`` is the image-to-text logits; the logs add ``logit_scale`` and the
+    batch's image-to-text retrieval accuracy ``retrieval_acc`` (retrieving an identical prompt
+    counts).
 
     Args:
         tokens_key: the batch key of the prompts' tokens.
@@ -57,21 +76,23 @@ class CLIPTrainStep(TrainStep):
         self.tokens_key = tokens_key
 
     def outputs(self, network, batch: dict) -> dict:
-        img, txt, scale = run_as_forward(network, lambda net, x, t: net(x, t), batch[Keys.IMAGE], batch[self.tokens_key])
-        loss, logits = clip_loss(img, txt, scale)
-        return {"pred": logits, "contrastive": loss, "logit_scale": scale}
+        tokens = batch[self.tokens_key]
+        img, txt, scale = run_as_forward(network, lambda net, x, t: net(x, t), batch[Keys.IMAGE], tokens)
+        same = same_prompts(tokens)
+        loss, logits = clip_loss(img, txt, scale, same)
+        return {"pred": logits, "contrastive": loss, "logit_scale": scale, "same": same}
 
     def terms(self, out: dict, batch: dict) -> dict:
         return {"contrastive": (1.0, out["contrastive"])}
 
     def logs(self, out: dict, batch: dict) -> dict:
         logits = out["pred"].detach()
-        acc = (logits.argmax(1) == torch.arange(logits.shape[0], device=logits.device)).float().mean()
+        acc = out["same"].gather(1, logits.argmax(1, keepdim=True)).float().mean()  # an identical prompt is a hit
         return {"logit_scale": out["logit_scale"].detach(), "retrieval_acc": acc}
 
 
 class TUMSynTrainStep(TrainStep):
-    """Stage 2: ``network(image, tokens, coords) -> (B, N)``.
+    """Stage 2: ``network(image, tokens, coords, acquisition) -> (B, N)``.
 
     One network call runs both directions (the batch concatenated): the source cube with the
     target prompt against the target's values, the target cube with the source prompt against
@@ -87,17 +108,19 @@ class TUMSynTrainStep(TrainStep):
         self.forward_weight, self.backward_weight, self.loss = float(forward_weight), float(backward_weight), loss
 
     @staticmethod
-    def passes(net, src, tgt, src_tokens, tgt_tokens, coords, both: bool):
+    def passes(net, src, tgt, src_tokens, tgt_tokens, coords, both: bool, src_acq=None, tgt_acq=None):
         if not both:
-            return net(src, tgt_tokens, coords), None
+            return net(src, tgt_tokens, coords, tgt_acq), None
         n = src.shape[0]
-        out = net(torch.cat([src, tgt]), torch.cat([tgt_tokens, src_tokens]), torch.cat([coords, coords]))
+        acq = None if src_acq is None or tgt_acq is None else torch.cat([tgt_acq, src_acq])
+        out = net(torch.cat([src, tgt]), torch.cat([tgt_tokens, src_tokens]), torch.cat([coords, coords]), acq)
         return out[:n], out[n:]
 
     def outputs(self, network, batch: dict) -> dict:
         fwd, bwd = run_as_forward(network, self.passes, batch[Keys.IMAGE], batch["label_lr"],
                                   batch["image_prompt_tokens"], batch["label_prompt_tokens"], batch["coords"],
-                                  bool(self.backward_weight))
+                                  bool(self.backward_weight), batch.get("image_prompt_acquisition"),
+                                  batch.get("label_prompt_acquisition"))
         return {"pred": fwd, "backward": bwd}
 
     def terms(self, out: dict, batch: dict) -> dict:

@@ -34,8 +34,8 @@ __all__ = [
     "VQSeq2Seq",
     "codebook_stats",
 ]
-from .tumsyn import (ImageEncoder, ImplicitDecoder, PatchEncoder, TextConditionedFusion, TextEncoder, TextImageCLIP,
+from .tumsyn import (AcquisitionEncoder, ImageEncoder, ImplicitDecoder, PatchEncoder, TextConditionedFusion, TextEncoder, TextImageCLIP,
                      TUMSyn, sample_features, voxel_centers)
 
 __all__ += ["ImageEncoder", "ImplicitDecoder", "PatchEncoder", "TextConditionedFusion", "TextEncoder", "TextImageCLIP",
-            "TUMSyn", "sample_features", "voxel_centers"]
+            "TUMSyn", "AcquisitionEncoder", "sample_features", "voxel_centers"]

@@ -5,7 +5,8 @@ Two stages, two models:
 - Stage 1, :class:`TextImageCLIP`: a CLIP-style causal :class:`TextEncoder` (BPE tokens of a
   metadata prompt, :class:`~mrsynth.transforms.PromptTokenizer`) trained contrastively against
   a 3D image encoder (MONAI's :class:`~monai.networks.nets.ResNet`) on (volume, prompt) pairs.
-- Stage 2, :class:`TUMSyn`: the frozen text encoder embeds the *target* prompt; a 3D residual
+- Stage 2, :class:`TUMSyn`: the frozen text encoder embeds the *target* prompt (optionally
+  plus an :class:`AcquisitionEncoder` of the prompt's TR/TE/TI/flip angle read as numbers); a 3D residual
   CNN encodes the source patch at its own resolution; :class:`TextConditionedFusion` lets the
   prompt steer the image features; an :class:`ImplicitDecoder` predicts the target intensity
   at any query coordinate, so the output grid (voxel size) is free.
@@ -19,6 +20,7 @@ Voxel ``i`` of an axis of ``n`` voxels has its centre at ``-1 + (2 i + 1) / n``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,8 @@ from torch import nn
 
 from .seq2seq import ResBlock
 
-__all__ = ["TextEncoder", "ImageEncoder", "TextImageCLIP", "PatchEncoder", "TextConditionedFusion", "ImplicitDecoder",
-           "TUMSyn", "voxel_centers", "sample_features"]
+__all__ = ["TextEncoder", "ImageEncoder", "TextImageCLIP", "AcquisitionEncoder", "PatchEncoder", "TextConditionedFusion",
+           "ImplicitDecoder", "TUMSyn", "voxel_centers", "sample_features"]
 
 
 class TextEncoder(nn.Module):
@@ -123,6 +125,28 @@ class TextImageCLIP(nn.Module):
         return img, txt, self.logit_scale.clamp(max=math.log(100.0)).exp()
 
 
+class AcquisitionEncoder(nn.Module):
+    """An MLP from a prompt's acquisition parameters read as numbers
+    (:func:`mrsynth.transforms.acquisition_features`, ``(B, in_features)``) to an embedding
+    ``(B, embed_dim)`` that :class:`TUMSyn` adds to the text embedding.
+
+    Not in the paper, where the numbers reach the network only as text tokens: a text encoder
+    has to learn to read digits first, which the small CPU-trained models here do not (their
+    synthesized contrast ignores TE, TI and the flip angle, ``bundles/tumsyn/docs/README.md``).
+    """
+
+    def __init__(self, in_features: int, embed_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, embed_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"acquisition features must be (B, {self.in_features}), got shape {x.shape}")
+        return self.mlp(x)
+
+
 class PatchEncoder(nn.Module):
     """Stage 2's source encoder: a 3D residual CNN that keeps the input's resolution (a head
     convolution, ``num_blocks`` :class:`~mrsynth.networks.ResBlock` without normalisation, a
@@ -151,7 +175,10 @@ class TextConditionedFusion(nn.Module):
     2. attention from the text query over the image positions: ``a = softmax(W_q q . W_k f_i /
        sqrt(C / heads)) W_v f_i`` summed over positions ``i`` (``heads`` heads);
     3. channel gating: ``f <- f * sigmoid(W_g [a, q])``;
-    4. gated feed-forward per position: ``f <- f + W_o (GELU(W_1 f) * sigmoid(W_2 f [+ W_t q]))``.
+    4. gated feed-forward per position: ``f <- f + W_o (GELU(W_1 f) * sigmoid(W_2 f [+ W_t q]))``;
+    5. a per-channel scale and shift from the query, ``f <- f (1 + W_s q) + W_b q`` (FiLM; zero
+       at initialisation), so that the decoder's input moves with the prompt everywhere, also
+       where step 4's gate saturates.
 
     The reference applies its gate after a reshape that mixes the channel and position axes;
     here every operation keeps ``(B, C, X, Y, Z)`` and acts on the channel axis.
@@ -175,6 +202,9 @@ class TextConditionedFusion(nn.Module):
         self.ffn_in = nn.Conv3d(channels, 2 * hidden, 1)
         self.ffn_text = nn.Linear(channels, hidden)
         self.ffn_out = nn.Conv3d(hidden, channels, 1)
+        self.film = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
 
     def text_query(self, text: torch.Tensor) -> torch.Tensor:
         """The adapted text query ``(B, C)``."""
@@ -193,7 +223,9 @@ class TextConditionedFusion(nn.Module):
         f = f * g.view(b, c, 1, 1, 1)
         u, w = self.ffn_in(f).chunk(2, dim=1)
         w = w + self.ffn_text(q).view(b, -1, 1, 1, 1)
-        return f + self.ffn_out(F.gelu(u) * torch.sigmoid(w))
+        f = f + self.ffn_out(F.gelu(u) * torch.sigmoid(w))
+        scale, shift = self.film(q).view(b, 2 * c, 1, 1, 1).chunk(2, dim=1)
+        return f * (1 + scale) + shift
 
 
 def voxel_centers(shape, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -257,17 +289,25 @@ class TUMSyn(nn.Module):
         heads: attention heads of the fusion.
         adapter_hidden: hidden size of the text adapter.
         decoder_channels: hidden sizes of the implicit decoder's MLP.
+        acquisition_features: length of the acquisition vector
+            (:data:`mrsynth.transforms.ACQUISITION_FEATURES`, 12) read by an
+            :class:`AcquisitionEncoder` whose output is added to the text embedding; ``0`` (the
+            paper): the prompt reaches the network as tokens only.
 
-    ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3)) -> (B, N)``. Inference
+    ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
+    None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
     calls the parts: :meth:`encode_text` once per prompt, :meth:`encode` once per window, then
     :meth:`query` in chunks of points (:class:`mrsynth.inferers.ImplicitSlidingWindowInferer`).
     """
 
     def __init__(self, text_encoder: TextEncoder, in_channels: int = 1, features: int = 64, num_blocks: int = 8,
                  heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
-                 train_text_encoder: bool = False) -> None:
+                 train_text_encoder: bool = False, acquisition_features: int = 0) -> None:
         super().__init__()
         self.text_encoder = text_encoder
+        self.acquisition_features = int(acquisition_features)
+        self.acquisition = (AcquisitionEncoder(self.acquisition_features, text_encoder.embed_dim, adapter_hidden)
+                            if self.acquisition_features > 0 else None)
         self.train_text_encoder = bool(train_text_encoder)
         if not self.train_text_encoder:
             self.text_encoder.requires_grad_(False)
@@ -282,10 +322,18 @@ class TUMSyn(nn.Module):
         return self
 
     @torch.jit.export
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The prompt embedding ``(B, E)`` (no graph is built through a frozen encoder: none of its
+    def encode_text(self, tokens: torch.Tensor, acquisition: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The prompt embedding ``(B, E)``: the text encoder's, plus the acquisition encoder's
+        when the model has one (no graph is built through a frozen text encoder: none of its
         parameters requires a gradient and tokens are integers)."""
-        return self.text_encoder(tokens)
+        text = self.text_encoder(tokens)
+        acq = self.acquisition
+        if acq is not None:
+            if acquisition is None:
+                raise ValueError("this TUMSyn reads the prompt's acquisition parameters (acquisition_features > 0): "
+                                 "pass mrsynth.transforms.acquisition_features(prompt) beside the tokens")
+            text = text + acq(acquisition.to(text.dtype))
+        return text
 
     @torch.jit.export
     def encode(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -297,5 +345,6 @@ class TUMSyn(nn.Module):
         """Intensities ``(B, N)`` at ``coords`` ``(B, N, 3)``."""
         return self.decoder(features, coords)
 
-    def forward(self, image: torch.Tensor, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.query(self.encode(image, self.encode_text(tokens)), coords)
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor, coords: torch.Tensor,
+                acquisition: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.query(self.encode(image, self.encode_text(tokens, acquisition)), coords)

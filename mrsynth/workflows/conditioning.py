@@ -149,7 +149,7 @@ def _slug(text: str) -> str:
 
 class TargetPrompt(Conditioning):
     """A target described by a TUMSyn prompt and an output voxel size:
-    ``network(x, tokens, coords)`` over the new grid, through
+    ``network(x, tokens, coords, acquisition)`` over the new grid, through
     :class:`~mrsynth.inferers.ImplicitSlidingWindowInferer` (``output_shape``).
 
     Args:
@@ -207,14 +207,17 @@ class TargetPrompt(Conditioning):
         return p.replace(voxel_size=tuple(float(s) for s in spacing))
 
     def inputs(self, d, sources, sequences, device):
+        from ..transforms.prompt import acquisition_features
+
         img = d[sources[0]]
         affine = np.asarray(img.affine)
         spacing = affine_to_spacing(affine, r=3).round(4).tolist()
         prompt = self.prompt_for(d, sources[0], spacing)
         self._text = prompt.format()
         tokens = self.tokenizer(self._text).to(device)
+        acquisition = acquisition_features(prompt)[None].to(device)
         _, shape = self.geometry(affine, img.shape[1:])
-        return torch.as_tensor(img).float()[None].to(device), [tokens], {"output_shape": shape}
+        return torch.as_tensor(img).float()[None].to(device), [tokens, acquisition], {"output_shape": shape}
 
     def geometry(self, affine, shape):
         return resampled_geometry(affine, shape, self.spacing)
