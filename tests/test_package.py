@@ -1,6 +1,7 @@
 """Model-zoo packaging (tools/package_bundles.py): deterministic zips that carry mrsynth, the
 model_info.json index, and a bundle fetched over HTTP with ``python -m monai.bundle download``
-that runs inference without this repository on its path."""
+that runs inference in a new virtual environment holding only the bundle's declared requirements
+(no mrsynth, no repository on the path)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def served(tmp_path):
 
 def _env_without_repo() -> dict:
     """The environment of a user who has only the downloaded bundle (and the packages it needs)."""
-    e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
     e.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MPLBACKEND="Agg", GIT_PYTHON_REFRESH="quiet")
     return e
 
@@ -113,7 +114,31 @@ def _run(cmd, cwd) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_download_over_http_and_run_inference_from_the_bundle(trained_seq2seq, phantom, served, tmp_path):
+def declared_requirements(meta: dict) -> list[str]:
+    """pip requirements from a bundle's metadata: torch, MONAI, numpy and ``required_packages_version``
+    (``mrsynth`` travels inside the bundle, so it is not installed)."""
+    reqs = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}", f"numpy=={meta['numpy_version']}"]
+    return reqs + [f"{k}=={v}" for k, v in sorted(meta["required_packages_version"].items()) if k != "mrsynth"]
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory):
+    """The interpreter of a new virtual environment holding only seq2seq's declared requirements."""
+    meta = json.loads((BUNDLES / "seq2seq" / "configs" / "metadata.json").read_text())
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    subprocess.run([str(base), "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", *declared_requirements(meta)], capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    probe = subprocess.run([str(py), "-c", "import mrsynth"], cwd=venv, capture_output=True, text=True)
+    assert probe.returncode != 0, "mrsynth must not be installed in the fresh environment"
+    yield py
+    shutil.rmtree(venv, ignore_errors=True)  # several GB of torch
+
+
+def test_download_over_http_and_run_inference_from_the_bundle(trained_seq2seq, phantom, served, fresh_python, tmp_path):
     root, _ = trained_seq2seq
     bundle = tmp_path / "src" / "seq2seq"
     shutil.copytree(BUNDLES / "seq2seq", bundle, ignore=shutil.ignore_patterns("models", "eval"))
@@ -124,7 +149,7 @@ def test_download_over_http_and_run_inference_from_the_bundle(trained_seq2seq, p
     version = key.rsplit("_v", 1)[1]
 
     dest = tmp_path / "downloaded"
-    _run([sys.executable, "-m", "monai.bundle", "download", "--name", "seq2seq", "--version", version,
+    _run([fresh_python, "-m", "monai.bundle", "download", "--name", "seq2seq", "--version", version,
           "--url", entry["source"], "--bundle_dir", dest], cwd=tmp_path)
     got = dest / "seq2seq"
     assert (got / "configs" / "inference.json").is_file() and (got / "models" / "model.pt").is_file()
@@ -132,12 +157,12 @@ def test_download_over_http_and_run_inference_from_the_bundle(trained_seq2seq, p
     assert hashlib.sha1((dest / "seq2seq.zip").read_bytes()).hexdigest() == entry["checksum"]
 
     # from the bundle's folder, `import mrsynth` is the bundle's own copy, not this repository's
-    where = _run([sys.executable, "-c", "import mrsynth; print(mrsynth.__file__)"], cwd=got).stdout.strip()
+    where = _run([fresh_python, "-c", "import mrsynth; print(mrsynth.__file__)"], cwd=got).stdout.strip()
     assert Path(where).resolve() == (got / "mrsynth" / "__init__.py").resolve(), where
 
     out = tmp_path / "out"
     case = sorted(p for p in Path(phantom).iterdir() if p.is_dir())[0]
-    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/quick.json']",
+    _run([fresh_python, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/quick.json']",
           "--dataset_dir", phantom, "--output_dir", out, "--target", "flair", *TINY[:2]], cwd=got)
     syn = out / case.name / f"{case.name}_flair_syn.nii.gz"
     img, ref = nib.load(str(syn)), nib.load(str(next(case.glob(f"{case.name}_t*.nii.gz"))))
