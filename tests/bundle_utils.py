@@ -21,6 +21,17 @@ def env() -> dict:
     return e
 
 
+def train_log(command: list[str]) -> Path | None:
+    """``<output_dir>/train.log`` of a bundle command (``<bundle_root>/eval`` by default)."""
+    def value(name):
+        return command[command.index(name) + 1] if name in command[:-1] else None
+
+    out = value("--output_dir")
+    if out is None and value("--bundle_root") is not None:
+        out = str(Path(value("--bundle_root")) / "eval")
+    return None if out is None else Path(out) / "train.log"
+
+
 def configs(bundle: str, *names: str) -> str:
     return "[" + ",".join(f"'configs/{n}.json'" for n in names) + "]"
 
@@ -29,7 +40,13 @@ def run_bundle(bundle: str, config_names, *args, check: bool = True, timeout: in
     """Run ``python -m monai.bundle run`` from the bundle's folder; returns the CompletedProcess."""
     cmd = cmd or [sys.executable, "-m", "monai.bundle", "run"]
     full = [*cmd, "--config_file", configs(bundle, *config_names), *map(str, args)]
+    log = train_log(full)
+    start = log.stat().st_size if log is not None and log.is_file() else 0
     proc = subprocess.run(full, cwd=BUNDLES / bundle, env=env(), capture_output=True, text=True, timeout=timeout)
+    if log is not None and log.is_file():  # the engines' full log (EpochProgress moves it off the console)
+        with open(log, encoding="utf-8", errors="replace") as f:
+            f.seek(start)
+            proc.stdout += f.read()
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(full)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc

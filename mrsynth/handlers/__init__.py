@@ -1,5 +1,5 @@
 """Ignite handlers and helpers that MONAI does not provide (MLflow extras, checkpoint lookup, a
-DDP replica check)."""
+DDP replica check, one console line per epoch: :mod:`mrsynth.handlers.progress`)."""
 
 from __future__ import annotations
 
