@@ -5,5 +5,7 @@ Every bundle's configs reference this package by ``_target_``; nothing here is b
 
 __version__ = "0.1.0"
 
-from .errors import DataError  # noqa: F401
+from .errors import DataError, install_error_hook  # noqa: F401
+
+install_error_hook()  # a bad-input error ends with one plain line naming the file (mrsynth.errors)
 from .sequences import BRATS_SEQUENCES, SEQUENCES, sequence_index  # noqa: F401

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "find_data_error"]
+import sys
+
+__all__ = ["DataError", "find_data_error", "input_error_line", "install_error_hook"]
 
 
 class DataError(ValueError):
@@ -24,3 +26,44 @@ def find_data_error(exc: BaseException) -> DataError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def input_error_line(exc: BaseException) -> str | None:
+    """``"error: <file>: <problem>"`` for an exception caused by bad input (a :class:`DataError`
+    or a missing file anywhere in its chain), else ``None``."""
+    err = find_data_error(exc)
+    if err is None:
+        seen = set()
+        e = exc
+        while e is not None and id(e) not in seen:
+            if isinstance(e, FileNotFoundError):
+                err = e
+                break
+            seen.add(id(e))
+            e = e.__cause__ or e.__context__
+    if err is None:
+        return None
+    text = " ".join(str(err).split())  # one line, whatever the message held
+    return f"error: {text}"
+
+
+def install_error_hook() -> None:
+    """Make an uncaught bad-input error end with one plain line.
+
+    ``python -m monai.bundle run`` prints the whole traceback, whose last line is MONAI's
+    ``RuntimeError: Failed to evaluate ConfigExpression ...`` wrapping ours. After the usual
+    traceback, this hook prints :func:`input_error_line` (``error: /data/C0/C0_t1.nii.gz: not a
+    NIfTI file ...``) to standard error. Other exceptions are left as they are; installing it twice
+    changes nothing. Installed when :mod:`mrsynth` is imported."""
+    previous = sys.excepthook
+    if getattr(previous, "_mrsynth", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        line = input_error_line(exc) if exc is not None else None
+        if line:
+            print(line, file=sys.stderr, flush=True)
+
+    hook._mrsynth = True
+    sys.excepthook = hook

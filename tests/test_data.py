@@ -289,3 +289,36 @@ def test_identity_prob_controls_how_often_target_equals_source(brats_dir):
     assert all(int(s["src_code"]) == int(s["tgt_code"]) == 2 for s in t(single))
     with pytest.raises(ValueError, match="identity_prob"):
         RandSequencePaird(SEQS, identity_prob=1.5)
+
+
+def test_bad_input_error_line_and_hook(capsys):
+    import sys
+
+    from mrsynth.errors import input_error_line, install_error_hook
+
+    try:
+        try:
+            raise DataError("3 NaN/Inf voxel(s) in 't1'\nclean the image", "/data/C0/C0_t1.nii.gz")
+        except DataError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as wrapped:
+        exc = wrapped
+    assert input_error_line(exc) == "error: /data/C0/C0_t1.nii.gz: 3 NaN/Inf voxel(s) in 't1' clean the image"
+    assert input_error_line(RuntimeError("x")) is None
+    assert input_error_line(FileNotFoundError(2, "No such file", "/m/model.pt")).startswith("error: ")
+
+    calls = []
+    saved = sys.excepthook
+    try:
+        sys.excepthook = lambda *a: calls.append(a[0])
+        install_error_hook()
+        hook = sys.excepthook
+        install_error_hook()  # twice: the same hook, the line printed once
+        assert sys.excepthook is hook
+        hook(type(exc), exc, None)
+        hook(ValueError, ValueError("other"), None)
+    finally:
+        sys.excepthook = saved
+    assert calls == [RuntimeError, ValueError]  # the usual traceback first, for both
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: /data/C0/C0_t1.nii.gz: 3 NaN/Inf voxel(s) in 't1' clean the image"]

@@ -174,6 +174,7 @@ def test_inference_bad_input(trained_seq2seq, phantom, tmp_path):
     proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", phantom, "--bundle_root", tmp_path / "empty",
                       "--output_dir", tmp_path / "o2", check=False)
     assert proc.returncode != 0 and "model.pt: no trained weights" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "model.pt" in proc.stderr.strip().splitlines()[-1]
     # one unreadable case: the others are still written, the error names the file
     data = tmp_path / "data"
     shutil.copytree(phantom, data)
@@ -183,6 +184,8 @@ def test_inference_bad_input(trained_seq2seq, phantom, tmp_path):
     proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", data, "--bundle_root", root, "--output_dir", out,
                       "--target", "t1", check=False)
     assert proc.returncode != 0 and f"{bad.name}" in proc.stderr and "cannot read image" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # one plain line at the end: the file and what is wrong with it
+    assert last.startswith("error: ") and str(bad) in last and "not a gzip file" in last and "Traceback" not in last
     written = list(out.glob("*/*_t1_syn.nii.gz"))
     assert len(written) == len([p for p in data.iterdir() if p.is_dir()]) - 1
     assert bad.parent.name not in {p.parent.name for p in written}

@@ -12,6 +12,26 @@ from monai.transforms import LoadImage, MapTransform
 
 from ..errors import DataError
 
+
+def unreadable_reason(path, exc: BaseException) -> str:
+    """A one-line reason why ``path`` could not be loaded. MONAI's ``LoadImage`` error holds the
+    traceback of every reader it tried; for NIfTI the reason is what nibabel says about the file
+    (``File ... is not a gzip file``), otherwise the first line of the error."""
+    import os
+
+    p = str(path)
+    if not os.path.exists(p):
+        return "file not found"
+    if p.lower().endswith((".nii", ".nii.gz")):
+        try:
+            import nibabel as nib
+
+            np.asarray(nib.load(p).dataobj)
+        except Exception as e:  # the reader's own words
+            return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
+
 __all__ = ["LoadSequencesd"]
 
 
@@ -58,7 +78,7 @@ class LoadSequencesd(MapTransform):
             try:
                 img = self.loader(path)
             except Exception as e:
-                raise DataError(f"cannot read image for {key!r} ({type(e).__name__}: {e})", path) from e
+                raise DataError(f"cannot read image for {key!r} ({unreadable_reason(path, e)})", path) from e
             if self.check_finite and not torch.isfinite(img).all():
                 n = int((~torch.isfinite(img)).sum())
                 raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
