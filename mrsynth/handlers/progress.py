@@ -20,7 +20,7 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
-__all__ = ["EpochProgress", "format_duration"]
+__all__ = ["EpochProgress", "CaseProgress", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -139,3 +139,32 @@ class EpochProgress:
         self.logger.info("  ".join(parts))
 
     _trainer_epoch = 0
+
+
+class CaseProgress:
+    """One line per case for the case-by-case runners (inference, evaluation, studies)::
+
+        case 2/12 C0001: 12 pairs  3.9 s  eta 39s
+
+    Args:
+        total: number of cases.
+        name: the logger (the console through the root logger).
+    """
+
+    def __init__(self, total: int, name: str = "mrsynth.progress") -> None:
+        self.total, self.done = int(total), 0
+        self.logger = logging.getLogger(name)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self._t0 = self._last = time.perf_counter()
+
+    def step(self, case: str, detail: str = "") -> str:
+        """Count one case (done or skipped) and log its line; returns the line."""
+        now = time.perf_counter()
+        self.done += 1
+        dt, self._last = now - self._last, now
+        left = (self.total - self.done) * (now - self._t0) / self.done
+        line = f"case {self.done}/{self.total} {case}" + (f": {detail}" if detail else "") + \
+            f"  {dt:.3g} s  eta {format_duration(left)}"
+        self.logger.info(line)
+        return line

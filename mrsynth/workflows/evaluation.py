@@ -41,6 +41,7 @@ from monai.transforms import Compose
 from scipy.ndimage import binary_fill_holes
 from skimage.filters import threshold_otsu
 
+from ..handlers.progress import CaseProgress
 from ..io import atomic_path, save_json, save_nifti
 from ..metrics import (LPIPS, RATIOS, affine_remap_baseline, contrast_ratios, contribution_ranking,
                        differentiation_map, pearson_r, psnr, rician_mean, rician_sigma, save_map_preview, save_pair_grid,
@@ -230,8 +231,11 @@ class VolumeEvaluation:
         self.prepare()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = []
+        progress = CaseProgress(len(self.cases))
         for k, case in enumerate(self.cases):
-            rows += self.evaluate_case(case, preview=k < self.map_previews)
+            new = self.evaluate_case(case, preview=k < self.map_previews)
+            rows += new
+            progress.step(str(case.get("case", k)), f"{len(new)} pairs")
         self.write_csv(rows, self.output_dir / "metrics.csv")
         summary = self.summarize(rows)
         save_json(summary, self.output_dir / "summary.json")

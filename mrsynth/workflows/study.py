@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import find_data_error
+from ..handlers.progress import CaseProgress
 from ..io import atomic_path, save_json, save_nifti
 from ..metrics import pearson_r, psnr, to_numpy
 from ..transforms import CORRUPTIONS, STRENGTHS, corrupt, corruption_levels, extract_slab
@@ -399,6 +400,7 @@ class TranslationStudy(VolumeEvaluation):
         self.prepare()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = {"multistep": [], "robustness": [], "latent": []}
+        progress = CaseProgress(len(self.cases))
         for k, case in enumerate(self.cases):
             try:
                 part = self.study_case(case, index=k)
@@ -407,7 +409,9 @@ class TranslationStudy(VolumeEvaluation):
                 if err is None:
                     raise
                 warnings.warn(f"case {case.get('case')} skipped: {err}", stacklevel=2)
+                progress.step(str(case.get("case", k)), "skipped")
                 continue
+            progress.step(str(case.get("case", k)))
             for key, r in part.items():
                 rows[key] += r
         self.write_csv(rows["multistep"], self.output_dir / "multistep.csv", MULTISTEP_COLUMNS)

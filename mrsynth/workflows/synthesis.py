@@ -12,6 +12,7 @@ from monai.transforms import Compose
 
 from ..data import list_cases
 from ..errors import DataError, find_data_error
+from ..handlers.progress import CaseProgress
 from ..io import save_json, save_nifti
 from ..sequences import sequence_index
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range
@@ -143,15 +144,18 @@ class SynthesisInference:
         self.network.to(self.device).eval()
         cases = list_cases(self.dataset_dir, self.sequences, layout=self.layout, check_geometry=False)
         written, failed = [], []
+        progress = CaseProgress(len(cases))
         for case in cases:
             try:
                 written.append(self._one(case))
+                progress.step(case["case"], "written")
             except Exception as e:
                 err = find_data_error(e)
                 if err is None:
                     raise
                 warnings.warn(f"case {case['case']} skipped: {err}", stacklevel=2)
                 failed.append(str(err))
+                progress.step(case["case"], "skipped")
         if failed:
             raise DataError(f"{len(failed)} case(s) skipped, {len(written)} written:\n  " + "\n  ".join(failed),
                             self.dataset_dir)
