@@ -60,6 +60,7 @@ class EpochProgress:
         self._epoch_times: list[float] = []
         self._t0 = 0.0
         self._validated_at = -1
+        self._trainer_epoch = 0
 
     def attach(self, engine: Engine) -> None:
         if self.log_file is not None:
@@ -137,8 +138,6 @@ class EpochProgress:
         left = (engine.state.max_epochs - engine.state.epoch) * sum(recent) / len(recent)
         parts.append(f"eta {format_duration(left)}")
         self.logger.info("  ".join(parts))
-
-    _trainer_epoch = 0
 
 
 class CaseProgress:
