@@ -16,31 +16,27 @@ class DataError(ValueError):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
-def find_data_error(exc: BaseException) -> DataError | None:
-    """The :class:`DataError` behind ``exc``, following ``__cause__``/``__context__`` (MONAI's
-    ``Compose`` re-raises a transform's error as ``RuntimeError`` from it); ``None`` if none."""
+def _in_chain(exc: BaseException | None, types) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s ``__cause__``/``__context__`` chain."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, DataError):
+        if isinstance(exc, types):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
 
 
+def find_data_error(exc: BaseException) -> DataError | None:
+    """The :class:`DataError` behind ``exc``, following ``__cause__``/``__context__`` (MONAI's
+    ``Compose`` re-raises a transform's error as ``RuntimeError`` from it); ``None`` if none."""
+    return _in_chain(exc, DataError)
+
+
 def input_error_line(exc: BaseException) -> str | None:
     """``"error: <file>: <problem>"`` for an exception caused by bad input (a :class:`DataError`
     or a missing file anywhere in its chain), else ``None``."""
-    err = find_data_error(exc)
-    if err is None:
-        seen = set()
-        e = exc
-        while e is not None and id(e) not in seen:
-            if isinstance(e, FileNotFoundError):
-                err = e
-                break
-            seen.add(id(e))
-            e = e.__cause__ or e.__context__
+    err = find_data_error(exc) or _in_chain(exc, FileNotFoundError)
     if err is None:
         return None
     text = " ".join(str(err).split())  # one line, whatever the message held

@@ -6,7 +6,7 @@ the record a run should keep, but not what a person should have to read. :class:
 moves the trainer's and the validator's loggers to ``log_file`` (everything they wrote before,
 nothing lost) and prints instead, per epoch::
 
-    epoch 3/200  loss 0.0812  val_psnr 21.43 (best 21.43)  2.4 it/s  6.1 s/epoch  eta 20m10s
+    epoch 3/200  loss 0.0812  val_psnr 21.43 (best 21.43 at 3)  2.4 it/s  6.1 s/epoch  eta 20m10s
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ __all__ = [
     "VQSeq2Seq",
     "codebook_stats",
 ]
-from .tumsyn import (AcquisitionEncoder, ImageEncoder, ImplicitDecoder, PatchEncoder, TextConditionedFusion, TextEncoder, TextImageCLIP,
-                     TUMSyn, sample_features, voxel_centers)
+from .tumsyn import (AcquisitionEncoder, ImageEncoder, ImplicitDecoder, PatchEncoder, TextConditionedFusion, TextEncoder,
+                     TextImageCLIP, TUMSyn, sample_features, voxel_centers)
 
 __all__ += ["ImageEncoder", "ImplicitDecoder", "PatchEncoder", "TextConditionedFusion", "TextEncoder", "TextImageCLIP",
             "TUMSyn", "AcquisitionEncoder", "sample_features", "voxel_centers"]

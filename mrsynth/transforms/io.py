@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -17,8 +18,6 @@ def unreadable_reason(path, exc: BaseException) -> str:
     """A one-line reason why ``path`` could not be loaded. MONAI's ``LoadImage`` error holds the
     traceback of every reader it tried; for NIfTI the reason is what nibabel says about the file
     (``File ... is not a gzip file``), otherwise the first line of the error."""
-    import os
-
     p = str(path)
     if not os.path.exists(p):
         return "file not found"
