@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .distributed import check_ranks_in_sync
+from .distributed import check_ranks_in_sync, shutdown_distributed
 
-__all__ = ["latest_checkpoint", "check_ranks_in_sync"]
+__all__ = ["latest_checkpoint", "check_ranks_in_sync", "shutdown_distributed"]
 
 
 def latest_checkpoint(ckpt_dir, prefix: str = "checkpoint") -> str | None:
