@@ -65,7 +65,7 @@ def trained_seq2seq(phantom, tmp_path_factory):
 # ``slow`` and left out of ``make test-fast``. A test is slow when it uses one of these fixtures
 # (each trains a bundle) or carries the marker itself.
 BUNDLE_FIXTURES = {"trained_seq2seq", "trained_tsf", "trained_vq", "exported_seq2seq", "exported_tsf", "ddp_seq2seq",
-                   "mlflow_server", "trained_3d", "trained_tumsyn"}
+                   "mlflow_server", "trained_3d", "trained_tumsyn", "served_bundles", "label_server"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -84,6 +84,20 @@ def test_nan_voxels_name_the_file(tmp_path):
         LoadSequencesd(SEQS)({"t1": str(f)})
 
 
+def test_load_refuses_4d_and_constant_sequences_but_not_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    four = save_nifti(rng.random((6, 7, 5, 3), np.float32), np.eye(4), tmp_path / "X_t1.nii.gz")
+    with pytest.raises(DataError, match=r"X_t1\.nii\.gz: 't1' is 4D \(shape \(6, 7, 5, 3\)\) where one 3D volume"):
+        LoadSequencesd(SEQS)({"t1": str(four)})
+    zero = save_nifti(np.zeros((6, 7, 5), np.float32), np.eye(4), tmp_path / "X_t2.nii.gz")
+    with pytest.raises(DataError, match=r"X_t2\.nii\.gz: 't2' is constant \(every voxel 0\)"):
+        LoadSequencesd(SEQS)({"t2": str(zero)})
+    good = save_nifti(rng.random((6, 7, 5), np.float32), np.eye(4), tmp_path / "X_flair.nii.gz")
+    d = LoadSequencesd([*SEQS, "seg"])({"flair": str(good), "seg": str(zero)})  # an empty label map is fine
+    assert d["seg"].shape == (1, 6, 7, 5) and float(d["seg"].max()) == 0
+    assert LoadSequencesd(SEQS, check_volume=False)({"t2": str(zero)})["t2"].shape == (1, 6, 7, 5)
+
+
 def test_unknown_sequence_name():
     assert sequence_index("FLAIR") == 3
     with pytest.raises(DataError, match="unknown sequence 'dwi'"):
@@ -91,8 +105,9 @@ def test_unknown_sequence_name():
 
 
 def test_load_checks_geometry_across_keys(tmp_path):
-    a = save_nifti(np.ones((8, 8, 4), np.float32), np.eye(4), tmp_path / "a.nii.gz")
-    b = save_nifti(np.ones((8, 8, 5), np.float32), np.eye(4), tmp_path / "b.nii.gz")
+    rng = np.random.default_rng(0)
+    a = save_nifti(rng.random((8, 8, 4), np.float32), np.eye(4), tmp_path / "a.nii.gz")
+    b = save_nifti(rng.random((8, 8, 5), np.float32), np.eye(4), tmp_path / "b.nii.gz")
     with pytest.raises(DataError, match=r"b\.nii\.gz: 't2' has spatial shape \(8, 8, 5\)"):
         LoadSequencesd(SEQS)({"t1": str(a), "t2": str(b)})
 
@@ -106,7 +121,8 @@ def _nnseq2seq(root, missing=()):
         for ch in range(4):
             if (case, ch) in missing:
                 continue
-            save_nifti(np.full((8, 8, 4), ch + 1.0, np.float32), np.eye(4), root / "imagesTr" / f"{case}_{ch:04d}.nii.gz")
+            ramp = np.linspace(-0.5, 0.5, 8, dtype=np.float32)[:, None, None]  # mean 0: channel ch averages ch + 1
+            save_nifti(np.broadcast_to(ch + 1.0 + ramp, (8, 8, 4)), np.eye(4), root / "imagesTr" / f"{case}_{ch:04d}.nii.gz")
     return root
 
 
@@ -117,7 +133,7 @@ def test_nnseq2seq_reader(tmp_path):
     assert cases[1]["available"] == [1, 0, 1, 0]
     assert cases[1]["t2"].endswith("P1_0002.nii.gz")
     loaded = LoadSequencesd(SEQS)(cases[1])
-    assert float(loaded["t2"].mean()) == 3.0 and "t1ce" not in loaded
+    assert float(loaded["t2"].mean()) == pytest.approx(3.0) and "t1ce" not in loaded
 
 
 def test_nnseq2seq_unknown_channel(tmp_path):

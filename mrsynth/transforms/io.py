@@ -31,7 +31,10 @@ def unreadable_reason(path, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first}"
 
-__all__ = ["LoadSequencesd"]
+__all__ = ["LoadSequencesd", "LABEL_KEYS"]
+
+#: keys that hold label maps or tissue fractions, not sequences (any shape, may be constant)
+LABEL_KEYS = ("seg", "tissue", "fractions")
 
 
 class LoadSequencesd(MapTransform):
@@ -40,16 +43,22 @@ class LoadSequencesd(MapTransform):
 
     Missing keys are allowed by default (a case holds only the sequences it has).
 
+    A sequence (any key but the label-like ``seg``, ``tissue`` and ``fractions``) must be one 3D
+    volume: a 4D file (several volumes) and a constant image (all zeros from a failed export, or
+    one value everywhere) are refused, since neither can be translated and both would silently
+    pass as a source.
+
     Args:
         keys: the sequence keys (and e.g. ``seg`` or ``<seq>_noiseless``) to load.
         allow_missing_keys: keep going when a key is absent (default True).
         check_finite: fail on NaN/Inf voxels.
         check_geometry: fail when the loaded images differ in spatial shape or affine.
+        check_volume: fail on a sequence that is not a single 3D volume or is constant.
         dtype: voxel type of the loaded tensors.
 
     Raises:
-        DataError: naming the file, for an unreadable file, NaN/Inf voxels, or a geometry
-        that differs from the case's first loaded key.
+        DataError: naming the file, for an unreadable file, NaN/Inf voxels, a 4D or constant
+        sequence (``check_volume``), or a geometry that differs from the case's first loaded key.
     """
 
     def __init__(
@@ -60,8 +69,10 @@ class LoadSequencesd(MapTransform):
         check_geometry: bool = True,
         dtype=np.float32,
         atol: float = 1e-3,
+        check_volume: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.check_volume = check_volume
         self.loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=dtype)
         self.check_finite = check_finite
         self.check_geometry = check_geometry
@@ -81,6 +92,8 @@ class LoadSequencesd(MapTransform):
             if self.check_finite and not torch.isfinite(img).all():
                 n = int((~torch.isfinite(img)).sum())
                 raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
+            if self.check_volume and str(key) not in LABEL_KEYS:
+                self._check_one_volume(img, key, path)
             if self.check_geometry:
                 if ref_key is None:
                     ref_key = key
@@ -88,6 +101,16 @@ class LoadSequencesd(MapTransform):
                     self._check_same_grid(d[ref_key], img, ref_key, key, path)
             d[key] = img
         return d
+
+    @staticmethod
+    def _check_one_volume(img, key, path) -> None:
+        if img.ndim != 4 or img.shape[0] != 1:
+            shape = tuple(img.shape[1:]) + ((img.shape[0],) if img.ndim == 4 else ())
+            raise DataError(f"{key!r} is {'4D' if img.ndim == 4 else f'{img.ndim - 1}D'} (shape {shape}) where one "
+                            "3D volume is expected; extract the volume to use (e.g. the first) into its own file", path)
+        lo, hi = float(img.min()), float(img.max())
+        if lo == hi:
+            raise DataError(f"{key!r} is constant (every voxel {lo:g}): an empty or failed export, not an image", path)
 
     def _check_same_grid(self, ref: MetaTensor, img: MetaTensor, ref_key, key, path) -> None:
         if tuple(ref.shape[1:]) != tuple(img.shape[1:]):
