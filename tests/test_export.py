@@ -211,3 +211,17 @@ def test_metadata_valid_against_schema(bundle, tmp_path):
     assert proc.returncode != 0
     # and the export command's metadata file is this one
     assert "configs/metadata.json" in quick_export_command(bundle)
+
+
+@pytest.mark.slow  # runs a bundle command in a new process
+@pytest.mark.parametrize("bundle", ["seq2seq", "tsf_seq2seq", "vq_seq2seq", "tumsyn"])
+def test_verify_net_in_out(bundle):
+    """``python -m monai.bundle verify_net_in_out`` on the paper-size inference config: the network
+    with its conditioning bound (``deployable_network_def``) maps metadata's ``image`` to ``pred``."""
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "--net_id", "deployable_network_def",
+           "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--n", "8"]
+    if bundle == "tumsyn":
+        cmd += ["--target", "flair"]  # TUMSyn's inference takes a prompt or a named protocol
+    proc = subprocess.run(cmd, cwd=BUNDLES / bundle, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr

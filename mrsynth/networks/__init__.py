@@ -1,5 +1,6 @@
 """Networks: Seq2Seq (hyper-convolution decoder) and the parts TSF-Seq2Seq and VQ-Seq2Seq reuse."""
 
+from .bound import Conditioned, PromptConditioned, availability_mask
 from .convlstm import ConvLSTM, ConvLSTMCell
 from .hyperconv import CodeEmbedding, HyperConv, code_to_onehot
 from .seq2seq import (
@@ -15,6 +16,9 @@ from .tsf import FusionOutput, TaskSpecificFusion, TSFOutput, TSFSeq2Seq
 from .vq import VQSeq2Seq, codebook_stats
 
 __all__ = [
+    "Conditioned",
+    "PromptConditioned",
+    "availability_mask",
     "CodeEmbedding",
     "ConvLSTM",
     "ConvLSTMCell",
