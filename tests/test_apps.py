@@ -238,6 +238,18 @@ def test_deploy_app_bad_input_names_the_file_and_writes_nothing(served_bundles, 
     assert f"{unknown}: no NIfTI file or DICOM series of a known sequence" in proc.stdout + proc.stderr
 
 
+def test_deploy_app_takes_a_model_zoo_zip(served_bundles, study, reference, tmp_path):
+    """-m a zip from tools/package_bundles.py: unpacked in the work folder, run with its own mrsynth copy."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from package_bundles import package_all
+
+    (key, _), = package_all([served_bundles["seq2seq"]], tmp_path / "zoo", "http://host").items()
+    out = tmp_path / "out"
+    run_deploy(tmp_path / "zoo" / f"{key}.zip", study, out)
+    np.testing.assert_allclose(nib.load(str(out / f"{TARGET}_syn.nii.gz")).get_fdata(), reference("seq2seq"),
+                               rtol=1e-5, atol=1e-4)
+
+
 # -- MONAI Label ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -321,4 +333,5 @@ def test_label_infer_passes_bundle_ids_and_reports_errors(label_server):
     img = nib.load(str(path))
     np.testing.assert_allclose(np.linalg.norm(img.affine[:3, :3], axis=0), 8.0, atol=0.2)
     status, body = post_infer(url, "seq2seq", "case1_t1", {"target": "dwi"})
-    assert status >= 400  # an unknown target is refused, not synthesized
+    assert status == 422, body  # an unknown target is refused with the reason, not synthesized
+    assert "unknown sequence 'dwi'" in json.loads(body)["detail"]

@@ -75,6 +75,25 @@ class BundleSynthesisTask(InferTask):
         return files
 
     def __call__(self, request) -> tuple[str | None, dict[str, Any]]:
+        """The synthesis for ``request``; bad input (an unknown sequence or target, an unreadable,
+        4D or constant image, a config id with a bad value) answers HTTP 422 with the file and the
+        problem, not a bare 500."""
+        from fastapi import HTTPException
+
+        from mrsynth.errors import input_error_line
+
+        try:
+            return self._synthesize(request)
+        except Exception as e:
+            line = input_error_line(e)
+            if line is None and isinstance(e, ValueError):
+                line = f"error: {' '.join(str(e).split())}"
+            if line is None:
+                raise
+            logger.warning("%s: %s", self.bundle_root.name, line)
+            raise HTTPException(status_code=422, detail=line) from e
+
+    def _synthesize(self, request) -> tuple[str | None, dict[str, Any]]:
         from mrsynth.workflows.serving import run_bundle_inference, stage_study
 
         image = Path(request["image"])
