@@ -1,5 +1,6 @@
 """Dataset readers (BraTS and nnSeq2Seq layouts) and the phantom simulator (:mod:`.phantom`)."""
 
+from .convert import convert_dataset, dataset_from_csv
 from .datasets import (
     check_case_geometry,
     detect_layout,
@@ -10,4 +11,5 @@ from .datasets import (
     split_cases,
 )
 
-__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases", "image_names"]
+__all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases", "image_names",
+           "convert_dataset", "dataset_from_csv"]
