@@ -26,6 +26,7 @@ disagree in shape or affine fails before any training starts, naming the file.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from ..sequences import BRATS_SEQUENCES, SEQUENCES
 __all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases"]
 
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
+logger = logging.getLogger(__name__)
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -95,12 +97,18 @@ def _finish_case(case: dict, sequences, where: Path, check_geometry: bool) -> di
     return case
 
 
+def _brats_name(path: Path, case_id: str) -> str:
+    """``t1`` for ``<case>/<case>_t1.nii.gz``."""
+    return path.name[len(case_id) + 1:].removesuffix(".gz").removesuffix(".nii").lower()
+
+
 def list_brats_cases(root, sequences=BRATS_SEQUENCES, check_geometry: bool = True) -> list[dict]:
     """List the cases of a BraTS-layout folder.
 
     Args:
         root: folder holding one sub-folder per case, ``<case>/<case>_<seq>.nii.gz``.
-        sequences: the sequence names to look for (others are ignored).
+        sequences: the sequence names to look for (other images are ignored, with a warning
+            naming them).
         check_geometry: read the headers and fail on a shape/affine mismatch within a case.
 
     Returns:
@@ -114,7 +122,7 @@ def list_brats_cases(root, sequences=BRATS_SEQUENCES, check_geometry: bool = Tru
     if not root.is_dir():
         raise DataError("dataset folder not found", root)
     sequences = [s.lower() for s in sequences]
-    cases = []
+    cases, unknown = [], {}
     for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         cid = case_dir.name
         case: dict = {"case": cid}
@@ -132,9 +140,16 @@ def list_brats_cases(root, sequences=BRATS_SEQUENCES, check_geometry: bool = Tru
             f = _find_file(case_dir, f"{cid}_{key}")
             if f is not None:
                 case[key] = str(f)
+        for f in sorted(case_dir.glob(f"{cid}_*.nii*")):
+            name = _brats_name(f, cid)
+            if name not in (*sequences, *_NOT_IMAGES) and not name.endswith("_noiseless"):
+                unknown.setdefault(name, []).append(f)
         case = _finish_case(case, sequences, case_dir, check_geometry)
         if case is not None:
             cases.append(case)
+    if unknown:  # one line for the folder, not one per case
+        logger.warning(f"{root}: images that are not a sequence this bundle knows ({', '.join(sequences)}) are "
+                       "ignored: " + "; ".join(f"{n} ({len(fs)} case(s), e.g. {fs[0]})" for n, fs in sorted(unknown.items())))
     if not cases:
         raise DataError(f"no case with any of {sequences} (expected <case>/<case>_<seq>.nii.gz)", root)
     return cases

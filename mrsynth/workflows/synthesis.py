@@ -101,8 +101,11 @@ class SynthesisInference:
             :class:`~mrsynth.workflows.TargetCodeFusion` with ``many_to_one``). TUMSyn passes a
             :class:`~mrsynth.workflows.TargetPrompt`.
 
-    A case that cannot be read is skipped with a warning naming the file; the others are
-    written, then :meth:`run` raises :class:`DataError` listing the skipped cases.
+    A source file that cannot be used (unreadable, 4D, constant, NaN) is left out of its case with
+    a warning naming it (``source="all"``; the sidecar lists it under ``left_out``) and the case is
+    synthesized from the others; a case with no usable source is skipped with a warning naming the
+    file; the others are written, then :meth:`run` raises :class:`DataError` listing the skipped
+    cases.
     """
 
     def __init__(self, network, inferer, sequences, target, dataset_dir, output_dir, source="all",
@@ -161,10 +164,27 @@ class SynthesisInference:
                             self.dataset_dir)
         return written
 
+    def _load(self, case: dict, sources: list[str]) -> tuple[dict, list[str], list[str]]:
+        """Preprocess ``sources`` of ``case``. With ``source="all"``, a source whose file cannot be
+        used (unreadable, 4D, constant, NaN) is dropped with a warning naming it and the case goes on
+        with the others; returns ``(data, sources used, what was dropped and why)``."""
+        sources, dropped = list(sources), []
+        while True:
+            keys = ["case", *sources, *(k for s in sources for k in (f"{s}_meta",) if k in case)]
+            try:
+                return self.preprocessing({k: case[k] for k in keys}), sources, dropped
+            except Exception as e:
+                err = find_data_error(e)
+                bad = [s for s in sources if err is not None and err.path is not None
+                       and Path(err.path) == Path(case[s])]
+                if self.source != "all" or not bad or len(sources) == 1:
+                    raise
+                logger.warning("case %s: source %s left out: %s", case["case"], bad[0], err)
+                dropped.append(f"{bad[0]}: {err}")
+                sources.remove(bad[0])
+
     def _one(self, case: dict) -> Path:
-        sources = self.sources_for(case)
-        keys = ["case", *sources, *(k for s in sources for k in (f"{s}_meta",) if k in case)]
-        d = self.preprocessing({k: case[k] for k in keys})
+        d, sources, dropped = self._load(case, self.sources_for(case))
         pred = synthesize(self.network, self.inferer, self.condition, d, sources, self.sequences, self.device)[0].numpy()
         lo, hi, b_min, b_max = d[f"{sources[0]}_scale"]
         ref = d[sources[0]]
@@ -174,7 +194,7 @@ class SynthesisInference:
         out = self.output_path(case["case"])
         save_nifti(invert_range(pred, lo, hi, b_min, b_max), affine, out)
         save_json({"case": case["case"], **self.condition.describe(), "target": self.target, "sources": sources,
-                   "source_files": [case[s] for s in sources], "intensity_scale_of": sources[0],
+                   "source_files": [case[s] for s in sources], "left_out": dropped, "intensity_scale_of": sources[0],
                    "scale": [lo, hi, b_min, b_max]}, out.with_name(out.name.replace(".nii.gz", ".json")))
         logger.info("%s: %s <- %s", out, self.target, "+".join(sources))
         return out
