@@ -39,6 +39,8 @@ def bundle_networks(bundle: str, configs=()):
     files = [root / "configs" / "train.json", *[root / c for c in configs]]
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
+    if bundle == "tsf_seq2seq":  # memory is the same with untrained weights: no Seq2Seq checkpoint needed to plan
+        parser["seq2seq"] = "@seq2seq_def"
     net_key = "seq2seq_def" if bundle == "tsf_seq2seq" else "network_def"
     channels = parser.get(f"{net_key}#channels") or parser.get("network_def#channels")
     n = len(parser.get_parsed_content("sequences"))
@@ -53,6 +55,8 @@ def bundle_networks(bundle: str, configs=()):
     if (root / "configs" / "3d.json").is_file():
         p3 = ConfigParser()
         p3.read_config([str(f) for f in files] + [str(root / "configs" / "3d.json")])
+        if bundle == "tsf_seq2seq":
+            p3["seq2seq"] = "@seq2seq_def"
         net3d = p3.get_parsed_content("network_def")
     return net2d, net3d, channels, in2d, extra, passes
 
