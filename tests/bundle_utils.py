@@ -50,3 +50,12 @@ def run_bundle(bundle: str, config_names, *args, check: bool = True, timeout: in
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(full)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server started by a fixture; kill it if it does not exit within ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -27,7 +27,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_utils import BUNDLES, REPO, env
+from bundle_utils import BUNDLES, REPO, env, stop_process
 from mrsynth.errors import DataError
 from mrsynth.workflows.serving import bundle_sequences, sequence_from_filename, stage_study
 
@@ -282,11 +282,7 @@ def label_server(served_bundles, study, tmp_path_factory):
                 time.sleep(2)
         yield url, info, studies
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

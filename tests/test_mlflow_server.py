@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_utils import TINY, env, run_bundle
+from bundle_utils import TINY, env, run_bundle, stop_process
 from mrsynth.data.phantom import write_dataset
 
 
@@ -43,11 +43,7 @@ def mlflow_server(tmp_path):
                 time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=20)
 
 
 def test_training_tracked_on_live_server(mlflow_server, tmp_path):
