@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 
 from ..errors import DataError
 
@@ -54,6 +54,10 @@ class LoadSequencesd(MapTransform):
         check_finite: fail on NaN/Inf voxels.
         check_geometry: fail when the loaded images differ in spatial shape or affine.
         check_volume: fail on a sequence that is not a single 3D volume or is constant.
+        resample_to: a key (e.g. ``"t1"``) or ``"first"``: images on other grids (voxel size,
+            orientation, field of view) are resampled onto that image's grid (the first loaded
+            one where the case lacks it) with MONAI's ``ResampleToMatch``, trilinear (nearest for
+            label maps), instead of the grid check's error. ``None`` (default) keeps the check.
         dtype: voxel type of the loaded tensors.
 
     Raises:
@@ -70,9 +74,11 @@ class LoadSequencesd(MapTransform):
         dtype=np.float32,
         atol: float = 1e-3,
         check_volume: bool = True,
+        resample_to: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.check_volume = check_volume
+        self.resample_to = None if resample_to in (None, "", "none") else str(resample_to).lower()
         self.loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=dtype)
         self.check_finite = check_finite
         self.check_geometry = check_geometry
@@ -94,13 +100,31 @@ class LoadSequencesd(MapTransform):
                 raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
             if self.check_volume and str(key) not in LABEL_KEYS:
                 self._check_one_volume(img, key, path)
-            if self.check_geometry:
+            if self.check_geometry and self.resample_to is None:
                 if ref_key is None:
                     ref_key = key
                 else:
                     self._check_same_grid(d[ref_key], img, ref_key, key, path)
             d[key] = img
+        if self.resample_to is not None:
+            self._resample(d)
         return d
+
+    def _resample(self, d: dict) -> None:
+        loaded = [k for k in self.key_iterator(d) if isinstance(d[k], MetaTensor)]
+        if not loaded:
+            return
+        ref_key = self.resample_to if self.resample_to in loaded else loaded[0]
+        ref = d[ref_key]
+        for key in loaded:
+            img = d[key]
+            if key == ref_key or (tuple(img.shape[1:]) == tuple(ref.shape[1:])
+                                  and np.allclose(np.asarray(img.affine), np.asarray(ref.affine), atol=self.atol)):
+                continue
+            mode = "nearest" if str(key) in LABEL_KEYS else "bilinear"
+            out = ResampleToMatch(mode=mode, padding_mode="zeros")(img, ref)
+            out.meta["filename_or_obj"] = img.meta.get("filename_or_obj")
+            d[key] = out
 
     @staticmethod
     def _check_one_volume(img, key, path) -> None:
@@ -115,8 +139,10 @@ class LoadSequencesd(MapTransform):
     def _check_same_grid(self, ref: MetaTensor, img: MetaTensor, ref_key, key, path) -> None:
         if tuple(ref.shape[1:]) != tuple(img.shape[1:]):
             raise DataError(
-                f"{key!r} has spatial shape {tuple(img.shape[1:])}, {ref_key!r} has {tuple(ref.shape[1:])}", path
+                f"{key!r} has spatial shape {tuple(img.shape[1:])}, {ref_key!r} has {tuple(ref.shape[1:])} "
+                f"(--resample_to {ref_key} resamples the case onto one grid)", path
             )
         a, b = np.asarray(ref.affine), np.asarray(img.affine)
         if not np.allclose(a, b, atol=self.atol):
-            raise DataError(f"{key!r} affine differs from {ref_key!r} (max difference {np.abs(a - b).max():.4g})", path)
+            raise DataError(f"{key!r} affine differs from {ref_key!r} (max difference {np.abs(a - b).max():.4g}; "
+                            f"--resample_to {ref_key} resamples the case onto one grid)", path)

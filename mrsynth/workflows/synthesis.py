@@ -100,6 +100,9 @@ class SynthesisInference:
             default :class:`~mrsynth.workflows.TargetCode` of ``target`` (or
             :class:`~mrsynth.workflows.TargetCodeFusion` with ``many_to_one``). TUMSyn passes a
             :class:`~mrsynth.workflows.TargetPrompt`.
+        output_grid: a sequence name: write each synthesis on the grid of that input image of the
+            case (its voxel size, orientation and field of view; trilinear resampling from the
+            grid the network ran on). ``None``: the first source's grid (or the conditioning's).
 
     A source file that cannot be used (unreadable, 4D, constant, NaN) is left out of its case with
     a warning naming it (``source="all"``; the sidecar lists it under ``left_out``) and the case is
@@ -110,7 +113,7 @@ class SynthesisInference:
 
     def __init__(self, network, inferer, sequences, target, dataset_dir, output_dir, source="all",
                  ckpt_path=None, device="cpu", preprocessing=None, layout="auto", many_to_one: bool = False,
-                 condition: Conditioning | None = None):
+                 condition: Conditioning | None = None, output_grid: str | None = None):
         self.sequences = [s.lower() for s in sequences]
         if condition is None:
             condition = (TargetCodeFusion if many_to_one else TargetCode)(target, self.sequences)
@@ -122,6 +125,7 @@ class SynthesisInference:
         self.network, self.inferer, self.source = network, inferer, source
         self.dataset_dir, self.output_dir, self.layout = Path(dataset_dir), Path(output_dir), layout
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
+        self.output_grid = None if output_grid in (None, "", "none") else str(output_grid).lower()
         self.preprocessing = preprocessing or Compose(
             [LoadSequencesd(self.sequences), ScalePercentiled(self.sequences, **PAPER)]
         )
@@ -183,6 +187,24 @@ class SynthesisInference:
                 dropped.append(f"{bad[0]}: {err}")
                 sources.remove(bad[0])
 
+    def _on_grid_of(self, case: dict, image: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` (on ``affine``) resampled onto the grid of the case's ``output_grid`` image."""
+        import nibabel as nib
+        from monai.data import MetaTensor
+        from monai.transforms import ResampleToMatch
+
+        name = self.output_grid
+        if name not in case:
+            present = [s for s in self.sequences if s in case]
+            raise DataError(f"--output_grid {name}: the case has no {name} image (it has {', '.join(present)})",
+                            case.get("case"))
+        header = nib.load(case[name])
+        dst_affine, dst_shape = np.asarray(header.affine, dtype=np.float64), tuple(int(n) for n in header.shape[:3])
+        src = MetaTensor(torch.as_tensor(np.asarray(image, dtype=np.float32))[None], affine=torch.as_tensor(affine))
+        dst = MetaTensor(torch.zeros((1, *dst_shape)), affine=torch.as_tensor(dst_affine))
+        out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(src, dst)
+        return np.asarray(out[0].detach().cpu().numpy()), dst_affine
+
     def _one(self, case: dict) -> Path:
         d, sources, dropped = self._load(case, self.sources_for(case))
         pred = synthesize(self.network, self.inferer, self.condition, d, sources, self.sequences, self.device)[0].numpy()
@@ -191,10 +213,13 @@ class SynthesisInference:
         affine, shape = self.condition.geometry(np.asarray(ref.affine), ref.shape[1:])
         if tuple(pred.shape) != tuple(shape):
             raise RuntimeError(f"the network returned shape {tuple(pred.shape)} for an output grid of {tuple(shape)}")
+        image = invert_range(pred, lo, hi, b_min, b_max)
+        if self.output_grid is not None:
+            image, affine = self._on_grid_of(case, image, affine)
         out = self.output_path(case["case"])
-        save_nifti(invert_range(pred, lo, hi, b_min, b_max), affine, out)
+        save_nifti(image, affine, out)
         save_json({"case": case["case"], **self.condition.describe(), "target": self.target, "sources": sources,
-                   "source_files": [case[s] for s in sources], "left_out": dropped, "intensity_scale_of": sources[0],
+                   "source_files": [case[s] for s in sources], "left_out": dropped, "intensity_scale_of": sources[0], "grid_of": self.output_grid or sources[0],
                    "scale": [lo, hi, b_min, b_max]}, out.with_name(out.name.replace(".nii.gz", ".json")))
         logger.info("%s: %s <- %s", out, self.target, "+".join(sources))
         return out
