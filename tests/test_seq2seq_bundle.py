@@ -175,19 +175,28 @@ def test_inference_bad_input(trained_seq2seq, phantom, tmp_path):
                       "--output_dir", tmp_path / "o2", check=False)
     assert proc.returncode != 0 and "model.pt: no trained weights" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "model.pt" in proc.stderr.strip().splitlines()[-1]
-    # one unreadable case: the others are still written, the error names the file
+    # one unreadable file: with every other sequence as a source, its case goes on without it
     data = tmp_path / "data"
     shutil.copytree(phantom, data)
     bad = sorted(data.glob("*/*_t2.nii.gz"))[0]
     bad.write_bytes(b"garbage")
+    cases = len([p for p in data.iterdir() if p.is_dir()])
     out = tmp_path / "o3"
     proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", data, "--bundle_root", root, "--output_dir", out,
-                      "--target", "t1", check=False)
+                      "--target", "t1")
+    assert len(list(out.glob("*/*_t1_syn.nii.gz"))) == cases
+    side = json.loads((out / bad.parent.name / f"{bad.parent.name}_t1_syn.json").read_text())
+    assert "t2" not in side["sources"] and str(bad) in side["left_out"][0] and "not a gzip file" in side["left_out"][0]
+    assert f"source t2 left out: {bad}" in proc.stdout + proc.stderr
+    # asked for that file alone: its case is skipped, the others are still written, the error names the file
+    out = tmp_path / "o4"
+    proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", data, "--bundle_root", root, "--output_dir", out,
+                      "--target", "t1", "--source", "t2", check=False)
     assert proc.returncode != 0 and f"{bad.name}" in proc.stderr and "cannot read image" in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # one plain line at the end: the file and what is wrong with it
     assert last.startswith("error: ") and str(bad) in last and "not a gzip file" in last and "Traceback" not in last
     written = list(out.glob("*/*_t1_syn.nii.gz"))
-    assert len(written) == len([p for p in data.iterdir() if p.is_dir()]) - 1
+    assert len(written) == cases - 1
     assert bad.parent.name not in {p.parent.name for p in written}
 
 
