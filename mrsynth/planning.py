@@ -43,7 +43,7 @@ import torch
 from .data import list_cases
 from .errors import DataError
 
-__all__ = ["fingerprint", "make_plan", "activation_bytes_per_voxel", "ANISOTROPY_RATIO"]
+__all__ = ["fingerprint", "make_plan", "make_implicit_plan", "activation_bytes_per_voxel", "ANISOTROPY_RATIO"]
 
 ANISOTROPY_RATIO = 3.0
 _SAMPLES_PER_CASE = 10000
@@ -204,3 +204,28 @@ def make_plan(fp: dict, network: torch.nn.Module, channels, in_channels_2d: int,
         "3d": {"_desc_": "Stack last on train.json + 3d.json: the planned 3D patch and batch size",
                "patch_size": patch_3d, "batch_size": batch_3d, "sw_batch_size": max(1, batch_3d), "plan": info},
     }
+
+
+def make_implicit_plan(fp: dict, network: torch.nn.Module, inputs: tuple, gpu_memory_gb: float = 40.0,
+                       forward_passes: int = 2, max_batch: int = 256) -> dict:
+    """The plan for a coordinate-query network (TUMSyn stage 2): its training cube (``patch_size``)
+    and query count are the method's design and stay; the batch size comes from the memory budget,
+    measured as for :func:`make_plan` from one sample's saved tensors at those sizes (``inputs``:
+    the network's forward arguments for one sample), times ``forward_passes`` (both translation
+    directions) and 2 for the backward pass. The target spacing is recorded for ``--spacing``."""
+    spacing, anisotropic = target_spacing(fp)
+    params = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    fixed = params * 4 * 4 + sum(p.numel() * 4 for p in network.parameters() if not p.requires_grad)
+    budget = gpu_memory_gb * 1024 ** 3 * 0.85 - fixed
+    if budget <= 0:
+        raise DataError(f"a GPU memory budget of {gpu_memory_gb} GB does not hold the network's weights and "
+                        f"optimiser state ({fixed / 1024 ** 3:.2f} GB)")
+    network.train()
+    sample = 2 * forward_passes * _saved_bytes(network, inputs[0], inputs[1:])
+    batch = int(max(1, min(max_batch, budget // sample)))
+    info = {"target_spacing": spacing, "anisotropic": anisotropic, "gpu_memory_gb": gpu_memory_gb,
+            "estimated_sample_bytes": int(sample), "weights_and_optimiser_bytes": int(fixed),
+            "forward_passes": forward_passes, "presence": fp["presence"],
+            "note": "patch_size and num_points are TUMSyn's design (random-scale cubes, query count) and are not planned"}
+    return {"implicit": {"_desc_": "Stack last on train_text_encoder.json + train.json: the planned batch size",
+                         "batch_size": batch, "plan": info}}

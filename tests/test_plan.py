@@ -88,3 +88,20 @@ def test_plan_stacks_on_train_json(plans, tmp_path):
     parser.read_config([str(BUNDLES / "seq2seq" / "configs" / "train.json"), str(tmp_path / "plan_2d.json")])
     assert parser["patch_size"] == plans["2mm"][0]["patch_size"]
     assert parser["batch_size"] == plans["2mm"][0]["batch_size"]
+
+
+def test_tumsyn_plan_sets_the_stage_2_batch_and_stacks(plans, tmp_path):
+    data = plans["2mm"][2]["dataset_dir"]
+    batches = []
+    for gb in (20, 80):
+        assert plan_tool.main([data, "--bundle", "tumsyn", "--out", str(tmp_path / str(gb)), "--gpu-memory", str(gb)]) == 0
+        plan = json.loads((tmp_path / str(gb) / "plan_implicit.json").read_text())
+        assert set(plan) == {"_desc_", "batch_size", "plan"}  # TUMSyn's cube and query count stay its own
+        batches.append(plan["batch_size"])
+    assert 1 <= batches[0] < batches[1]
+    assert plan["plan"]["target_spacing"] == [2.0, 2.0, 2.0]
+    root = BUNDLES / "tumsyn" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(root / "train_text_encoder.json"), str(root / "train.json"),
+                        str(tmp_path / "80" / "plan_implicit.json")])
+    assert parser["batch_size"] == batches[1]

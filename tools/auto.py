@@ -5,9 +5,8 @@
 
 1. DATA is a dataset folder (BraTS or nnSeq2Seq layout) or a CSV (case, sequence, path), which
    is converted to the BraTS layout under ``OUT/data`` (:mod:`mrsynth.data.convert`).
-2. ``tools/plan.py`` fingerprints it and plans the bundle (``OUT/plans``); the 2D plan is
-   copied into the run's bundle as ``configs/plan.json`` (TUMSyn is not planned: its patches
-   are implicit-query cubes, its configs stay as they are).
+2. ``tools/plan.py`` fingerprints it and plans the bundle (``OUT/plans``); the 2D plan (for
+   TUMSyn the stage-2 batch size) is copied into the run's bundle as ``configs/plan.json``.
 3. The bundle is copied to ``OUT/<bundle>`` and trained there with
    ``python -m monai.bundle run`` (train.json [+ quick.json] + plan.json + the overrides after
    ``--``); TSF-Seq2Seq first trains the Seq2Seq it starts from (``OUT/seq2seq``), TUMSyn its
@@ -87,18 +86,20 @@ def main(argv=None) -> int:
         data = out / "data"
 
     quick = ["quick"] if args.quick else []
+    planned = set()
     for i, (bundle, configs) in enumerate(stages(args.bundle)):
         dest = out / bundle
         if not dest.exists():
             shutil.copytree(REPO / "bundles" / bundle, dest, ignore=shutil.ignore_patterns("models", "eval", "runs"))
-        plan = []
-        if bundle != "tumsyn":
-            plans = out / "plans" / bundle
+        plans = out / "plans" / bundle
+        if bundle not in planned:  # once per bundle folder (TUMSyn's two stages share one)
+            planned.add(bundle)
             run_step(f"plan_{bundle}", [py, REPO / "tools" / "plan.py", data, "--bundle", bundle, "--out", plans,
                                         "--gpu-memory", args.gpu_memory,
                                         *(a for q in quick for a in ("--config", f"configs/{q}.json"))], out, out / "logs")
-            shutil.copyfile(plans / "plan_2d.json", dest / "configs" / "plan.json")
-            plan = ["plan"]
+            shutil.copyfile(plans / ("plan_implicit.json" if bundle == "tumsyn" else "plan_2d.json"),
+                            dest / "configs" / "plan.json")
+        plan = [] if configs == ["train_text_encoder"] else ["plan"]  # TUMSyn: the plan is stage 2's batch
         run_step(f"train_{i + 1}_{bundle}", [py, "-m", "monai.bundle", "run", "--config_file",
                                             config_list([*configs, *quick, *plan]), "--dataset_dir", data,
                                             "--bundle_root", ".", *extra], dest, out / "logs")
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     dest = out / bundle
     held_out = ("$[c for c in mrsynth.data.list_cases(@dataset_dir, @eval_sequences, layout=@layout) "
                 "if c['case'] in [v['case'] for v in @split[1]]]") if bundle == "tumsyn" else "$@split[1]"
-    plan = [] if bundle == "tumsyn" else ["plan"]
+    plan = ["plan"]
     run_step("evaluate", [py, "-m", "monai.bundle", "run", "--config_file",
                           config_list([*configs, *quick, *plan, "evaluate"]), "--dataset_dir", data,
                           "--bundle_root", ".", "--output_dir", out / "evaluation", "--eval_cases", held_out,

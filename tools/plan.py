@@ -3,7 +3,8 @@
 
     python tools/plan.py DATASET_DIR [--bundle seq2seq] [--gpu-memory 40] [--out plans/]
 
-Writes ``fingerprint.json``, ``plan_2d.json`` and ``plan_3d.json`` to ``--out`` (default
+Writes ``fingerprint.json``, ``plan_2d.json`` and ``plan_3d.json`` (TUMSyn: ``plan_implicit.json``,
+its stage-2 batch size) to ``--out`` (default
 ``DATASET_DIR_plans`` beside the dataset, which stays untouched). Stack a plan last:
 
     python -m monai.bundle run --config_file "['configs/train.json','/data/mine_plans/plan_2d.json']" ...
@@ -27,9 +28,25 @@ import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
 from mrsynth.errors import DataError  # noqa: E402
-from mrsynth.planning import fingerprint, make_plan  # noqa: E402
+from mrsynth.planning import fingerprint, make_implicit_plan, make_plan  # noqa: E402
 
-PLANNABLE = ("seq2seq", "vq_seq2seq", "tsf_seq2seq")
+PLANNABLE = ("seq2seq", "vq_seq2seq", "tsf_seq2seq", "tumsyn")
+
+
+def tumsyn_network(configs=()):
+    """TUMSyn stage 2's network (stage 1 + stage 2 configs) and one training sample's inputs."""
+    root = REPO / "bundles" / "tumsyn"
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train_text_encoder.json"), str(root / "configs" / "train.json"),
+                        *[str(root / c) for c in configs]])
+    parser["load_text_encoder"] = False  # memory does not depend on the stage-1 weights
+    net = parser.get_parsed_content("network_def")
+    patch, points = int(parser.get_parsed_content("patch_size")), int(parser.get_parsed_content("num_points"))
+    tokens = torch.zeros(1, int(parser.get_parsed_content("context_length")), dtype=torch.long)
+    acq = int(parser.get_parsed_content("acquisition_features") or 0)
+    inputs = (torch.randn(1, 1, patch, patch, patch), tokens, torch.rand(1, points, 3) * 2 - 1,
+              torch.zeros(1, acq) if acq else None)
+    return net, inputs
 
 
 def bundle_networks(bundle: str, configs=()):
@@ -74,9 +91,13 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else src.with_name(f"{src.name}_plans")
     try:
         fp = fingerprint(args.dataset_dir, layout=args.layout)
-        net2d, net3d, channels, in2d, extra, passes = bundle_networks(args.bundle, args.config)
-        plans = make_plan(fp, net2d, channels, in2d, network_3d=net3d, gpu_memory_gb=args.gpu_memory,
-                          extra_args=extra, forward_passes=passes)
+        if args.bundle == "tumsyn":
+            net, inputs = tumsyn_network(args.config)
+            plans = make_implicit_plan(fp, net, inputs, gpu_memory_gb=args.gpu_memory)
+        else:
+            net2d, net3d, channels, in2d, extra, passes = bundle_networks(args.bundle, args.config)
+            plans = make_plan(fp, net2d, channels, in2d, network_3d=net3d, gpu_memory_gb=args.gpu_memory,
+                              extra_args=extra, forward_passes=passes)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -85,6 +106,11 @@ def main(argv=None) -> int:
     for k, plan in plans.items():
         plan["plan"] = {**plan["plan"], "bundle": args.bundle, "configs": ["configs/train.json", *args.config]}
         (out / f"plan_{k}.json").write_text(json.dumps(plan, indent=2) + "\n")
+    if args.bundle == "tumsyn":
+        info = plans["implicit"]["plan"]
+        print(f"{fp['num_cases']} cases, images {fp['sequences']}; target spacing {info['target_spacing']} mm; "
+              f"stage-2 batch {plans['implicit']['batch_size']} ({args.gpu_memory:g} GB); written to {out}")
+        return 0
     info = plans["2d"]["plan"]
     print(f"{fp['num_cases']} cases, sequences {fp['sequences']}; target spacing {info['target_spacing']} mm"
           f"{' (anisotropic)' if info['anisotropic'] else ''}; 2D patch {plans['2d']['patch_size']} x batch "
