@@ -42,6 +42,7 @@ import torch
 
 from .data import list_cases
 from .errors import DataError
+from .sequences import LABEL_KEYS
 
 __all__ = ["fingerprint", "make_plan", "make_implicit_plan", "activation_bytes_per_voxel", "ANISOTROPY_RATIO"]
 
@@ -69,7 +70,7 @@ def fingerprint(dataset_dir, sequences=None, layout: str = "auto", seed: int = 0
     cases = list_cases(dataset_dir, sequences, layout=layout, check_geometry=True)
     rng = np.random.default_rng(seed)
     names = sorted({k for c in cases for k in c if isinstance(c.get(k), str) and k != "case"
-                    and not k.endswith(("_noiseless", "_meta")) and k not in ("seg", "tissue", "fractions")})
+                    and not k.endswith(("_noiseless", "_meta")) and k not in LABEL_KEYS})
     per_case, samples = [], {n: [] for n in names}
     for c in cases:
         present = [n for n in names if n in c]

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from .errors import DataError
 
-__all__ = ["SEQUENCES", "BRATS_SEQUENCES", "sequence_index"]
+__all__ = ["SEQUENCES", "BRATS_SEQUENCES", "LABEL_KEYS", "sequence_index", "canonical_order"]
 
 SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "pd")
 BRATS_SEQUENCES: tuple[str, ...] = SEQUENCES[:4]
+#: names of a case's label map, tissue map and compartment fractions: not sequences (any shape, may be constant)
+LABEL_KEYS: tuple[str, ...] = ("seg", "tissue", "fractions")
+
+
+def canonical_order(names) -> list[str]:
+    """``names`` lower-cased, the known sequences first in :data:`SEQUENCES` order, then the others sorted."""
+    names = {str(n).lower() for n in names}
+    return [s for s in SEQUENCES if s in names] + sorted(names - set(SEQUENCES))
 
 
 def sequence_index(name: str, sequences=SEQUENCES) -> int:

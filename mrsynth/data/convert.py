@@ -24,14 +24,13 @@ from pathlib import Path
 import nibabel as nib
 
 from ..errors import DataError
-from ..sequences import SEQUENCES
+from ..sequences import LABEL_KEYS, SEQUENCES, canonical_order
 from .datasets import check_case_geometry, detect_layout, image_names, list_cases
 
 __all__ = ["convert_dataset", "dataset_from_csv", "BRATS_LABELS"]
 
 #: BraTS label values, written to an nnSeq2Seq ``dataset.json`` converted from the BraTS layout
 BRATS_LABELS = {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumor": 4}
-_EXTRA = ("seg", "tissue", "fractions")
 _NN_FOLDERS = {"seg": "labelsTr", "tissue": "tissueTr", "fractions": "fractionsTr"}
 _SEQ_ATTRS = ("", "_noiseless", "_meta")
 
@@ -56,11 +55,6 @@ def _put(src, dest: Path, link: bool) -> None:
     nib.save(type(img)(img.dataobj, img.affine, img.header), str(dest))
 
 
-def _channel_order(names) -> list[str]:
-    names = {n.lower() for n in names}
-    return [s for s in SEQUENCES if s in names] + sorted(names - set(SEQUENCES))
-
-
 def _write_brats_case(case: dict, sequences, dest_root: Path, ending: str, link: bool) -> None:
     cid = case["case"]
     tmp = dest_root / f".{cid}.part"
@@ -72,7 +66,7 @@ def _write_brats_case(case: dict, sequences, dest_root: Path, ending: str, link:
                 suffix = ".json" if attr == "_meta" else ending
                 name = f"{cid}_{seq}{'_noiseless' if attr == '_noiseless' else ''}{suffix}"
                 _put(case[f"{seq}{attr}"], tmp / name, link)
-    for key in _EXTRA:
+    for key in LABEL_KEYS:
         if key in case:
             _put(case[key], tmp / f"{cid}_{key}{ending}", link)
     final = dest_root / cid
@@ -120,7 +114,7 @@ def _write(cases: list[dict], sequences, dest, to: str, link: bool, ending: str 
         endings = [_ending(c[s]) for c in cases for s in present if s in c]
         ending = max(set(endings), key=endings.count) if endings else ".nii.gz"
     written, failed = [], []
-    channels = _channel_order(present) if to == "nnseq2seq" else present
+    channels = canonical_order(present) if to == "nnseq2seq" else present
     for case in cases:
         try:
             if to == "brats":
@@ -162,10 +156,10 @@ def convert_dataset(src, dest, to: str, sequences=None, link: bool = False, endi
             sequences = image_names(src, require_sidecar=False)
         else:
             spec = json.loads((src / "dataset.json").read_text()) if (src / "dataset.json").is_file() else {}
-            sequences = _channel_order(str(v) for v in spec.get("channel_names", {}).values()) or None
+            sequences = canonical_order(str(v) for v in spec.get("channel_names", {}).values()) or None
     cases = list_cases(src, sequences, layout=layout, check_geometry=False)
-    sequences = [s.lower() for s in sequences] if sequences else _channel_order(
-        k for c in cases for k in c if k not in ("case", "available", *_EXTRA) and not k.endswith(("_noiseless", "_meta")))
+    sequences = [s.lower() for s in sequences] if sequences else canonical_order(
+        k for c in cases for k in c if k not in ("case", "available", *LABEL_KEYS) and not k.endswith(("_noiseless", "_meta")))
     labels = None
     if (src / "dataset.json").is_file():
         labels = json.loads((src / "dataset.json").read_text()).get("labels")
@@ -218,7 +212,7 @@ def dataset_from_csv(csv_path, dest, to: str = "brats", base_dir=None, link: boo
             bad.setdefault(cid, []).append(f"{where}: {path}: file not found")
         else:
             case[seq] = str(path)
-    sequences = _channel_order({k for c in cases.values() for k in c if k not in ("case",) + _EXTRA})
+    sequences = canonical_order({k for c in cases.values() for k in c if k not in ("case",) + LABEL_KEYS})
     good = []
     for cid, case in cases.items():
         if cid in bad:

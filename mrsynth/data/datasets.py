@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from ..sequences import BRATS_SEQUENCES, SEQUENCES
+from ..sequences import BRATS_SEQUENCES, LABEL_KEYS, canonical_order
 
 __all__ = ["list_brats_cases", "list_nnseq2seq_cases", "list_cases", "detect_layout", "check_case_geometry", "split_cases"]
 
@@ -136,7 +136,7 @@ def list_brats_cases(root, sequences=BRATS_SEQUENCES, check_geometry: bool = Tru
                 side = case_dir / f"{cid}_{seq}.json"
                 if side.is_file():
                     case[f"{seq}_meta"] = str(side)
-        for key in ("seg", "tissue", "fractions"):
+        for key in LABEL_KEYS:
             f = _find_file(case_dir, f"{cid}_{key}")
             if f is not None:
                 case[key] = str(f)
@@ -186,8 +186,7 @@ def list_nnseq2seq_cases(root, sequences=None, check_geometry: bool = True) -> l
     ending = spec.get("file_ending", ".nii.gz")
     channels = {int(k): str(v).lower() for k, v in spec["channel_names"].items()}
     if sequences is None:
-        names = set(channels.values())
-        sequences = [s for s in SEQUENCES if s in names] + sorted(names - set(SEQUENCES))
+        sequences = canonical_order(channels.values())
     sequences = [s.lower() for s in sequences]
     unknown = sorted(set(channels.values()) - set(sequences))
     if unknown:
@@ -252,7 +251,7 @@ def split_cases(cases: list[dict], val_fraction: float = 0.2, seed: int = 0) -> 
     return [cases[i] for i in train], [cases[i] for i in val]
 
 
-_NOT_IMAGES = ("seg", "tissue", "fractions")
+_NOT_IMAGES = LABEL_KEYS
 
 
 def image_names(root, exclude=(), require_sidecar: bool = True) -> list[str]:

@@ -12,6 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 
 from ..errors import DataError
+from ..sequences import LABEL_KEYS
 
 
 def unreadable_reason(path, exc: BaseException) -> str:
@@ -32,9 +33,6 @@ def unreadable_reason(path, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 __all__ = ["LoadSequencesd", "LABEL_KEYS"]
-
-#: keys that hold label maps or tissue fractions, not sequences (any shape, may be constant)
-LABEL_KEYS = ("seg", "tissue", "fractions")
 
 
 class LoadSequencesd(MapTransform):
