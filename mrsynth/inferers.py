@@ -17,13 +17,30 @@ from monai.inferers import Inferer
 from .amp import as_bool, autocast
 from .transforms.sampling import slab_indices
 
-__all__ = ["ImplicitSlidingWindowInferer", "PerSampleInferer", "SlabInferer"]
+__all__ = ["ImplicitSlidingWindowInferer", "PerSampleInferer", "SlabInferer", "bound_args"]
 
 
 def sample_args(args, i: int, batch: int) -> list:
     """The extra inputs of sample ``i``: every tensor whose first dimension is the batch cut to
     ``[i : i + 1]``; anything else (a ``(1,)`` code for the whole batch, a flag) as it is."""
     return [a[i : i + 1] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == batch else a for a in args]
+
+
+def _conditions(conditions) -> list | None:
+    """``conditions`` as a list of tensors (ints become ``(1,)`` int64 tensors), or ``None``."""
+    if conditions is None:
+        return None
+    return [c if isinstance(c, torch.Tensor) else torch.tensor([int(c)]) for c in conditions]
+
+
+def bound_args(args, conditions, device) -> tuple:
+    """The network's extra inputs: ``args`` when the caller gives them (the bundles' own
+    workflows), else the inferer's bound ``conditions`` on ``device`` (callers that know only
+    ``inferer(inputs, network)``: MONAI's evaluators, MONAI Deploy's and MONAI Label's bundle
+    operators)."""
+    if args or conditions is None:
+        return tuple(args)
+    return tuple(c.to(device) for c in conditions)
 
 
 class SlabInferer(Inferer):
@@ -41,19 +58,23 @@ class SlabInferer(Inferer):
             AMX, float32 elsewhere), with the slabs in ``channels_last`` layout; the result is
             float32 either way. On such a CPU this is several times faster, and the synthesis
             differs from float32 by about 0.005 on the [-1, 1] scale (``tools/bench_speed.py``).
+        conditions: the network's extra inputs (a target code, an availability mask ``(1, N)``;
+            ints become ``(1,)`` codes) used when a call gives none: MONAI's evaluators and the
+            serving tools call ``inferer(inputs, network)`` only.
 
     Call: ``inferer(inputs, network, *args)`` with ``inputs`` ``(B, C, H, W, D)`` and per-sample
     extra inputs (a target code ``(B,)``, an availability mask ``(B, N)``, ...) indexed along
-    dim 0. Each of the ``C`` input volumes (``C`` sources for a many-to-one network) is cut into
+    dim 0 (default: ``conditions``). Each of the ``C`` input volumes (``C`` sources for a many-to-one network) is cut into
     slabs and the slabs are stacked source-major: the network sees ``(n, C * num_slices, H, W)``.
     Returns ``(B, 1, H, W, D)``; every slice is the mean of the ``num_slices`` slabs that
     predicted it.
     """
 
     def __init__(self, num_slices: int = 3, batch_size: int = 8, divisible_by: int = 4, pad_value: float = -1.0,
-                 amp: bool = False):
+                 amp: bool = False, conditions=None):
         super().__init__()
         self.amp = as_bool(amp, "amp")
+        self.conditions = _conditions(conditions)
         if num_slices < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
         self.num_slices, self.batch_size = int(num_slices), int(batch_size)
@@ -63,6 +84,7 @@ class SlabInferer(Inferer):
         if inputs.ndim != 5:
             raise ValueError(f"SlabInferer expects (B, C, H, W, D) volumes, got shape {tuple(inputs.shape)}")
         x = torch.as_tensor(inputs)
+        args = bound_args(args, self.conditions, x.device)
         b, _, h, w, depth = x.shape
         ph, pw = (-h) % self.divisible_by, (-w) % self.divisible_by
         out = torch.zeros((b, 1, h, w, depth), dtype=x.dtype, device=x.device)
@@ -107,13 +129,16 @@ class PerSampleInferer(Inferer):
         inferer: any MONAI :class:`~monai.inferers.Inferer`.
         amp: run it in the device's native mixed precision (as :class:`SlabInferer`); the result
             is float32 either way.
+        conditions: the extra inputs used when a call gives none (as :class:`SlabInferer`).
     """
 
-    def __init__(self, inferer: Inferer, amp: bool = False) -> None:
+    def __init__(self, inferer: Inferer, amp: bool = False, conditions=None) -> None:
         super().__init__()
         self.inferer, self.amp = inferer, as_bool(amp, "amp")
+        self.conditions = _conditions(conditions)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        args = bound_args(args, self.conditions, inputs.device)
         b = inputs.shape[0]
         outs = []
         for i in range(b):
@@ -156,6 +181,11 @@ class ImplicitSlidingWindowInferer(Inferer):
         sigma_scale: Gaussian blending width relative to the window.
         skip_below: windows whose input never exceeds this are not run (background, 0 there).
         amp: mixed precision where the device runs it natively (:func:`mrsynth.amp.autocast`).
+        prompt, tokenizer: the target prompt (:class:`~mrsynth.transforms.Prompt`) used when a call
+            gives no tokens: MONAI's evaluators and the serving tools call ``inferer(inputs,
+            network)`` only, and get the prompted contrast on the input's grid. A prompt without a
+            voxel size gets the input's (from its affine, as the bundle's own inference sets it);
+            ``tokenizer`` (:class:`~mrsynth.transforms.PromptTokenizer`) tokenizes it.
 
     Call: ``inferer(inputs (1, C, X, Y, Z), network, tokens (1, L), acquisition (1, A) or None,
     output_shape=(X', Y', Z'))`` -> ``(1, 1, X', Y', Z')``; ``acquisition`` is the prompt's
@@ -163,8 +193,10 @@ class ImplicitSlidingWindowInferer(Inferer):
     """
 
     def __init__(self, roi_size: int = 60, overlap: float = 0.5, points_per_chunk: int = 65536,
-                 sigma_scale: float = 0.125, skip_below: float | None = 1e-3, amp: bool = False) -> None:
+                 sigma_scale: float = 0.125, skip_below: float | None = 1e-3, amp: bool = False,
+                 prompt=None, tokenizer=None) -> None:
         super().__init__()
+        self.prompt, self.tokenizer = prompt, tokenizer
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.roi_size, self.overlap = int(roi_size), float(overlap)
@@ -172,8 +204,10 @@ class ImplicitSlidingWindowInferer(Inferer):
         self.skip_below, self.amp = skip_below, as_bool(amp, "amp")
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, network, tokens: torch.Tensor, acquisition: torch.Tensor | None = None,
-                 output_shape=None, **kwargs) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network, tokens: torch.Tensor | None = None,
+                 acquisition: torch.Tensor | None = None, output_shape=None, **kwargs) -> torch.Tensor:
+        if tokens is None:
+            tokens, acquisition = self.bound_prompt(inputs)
         if inputs.ndim != 5 or inputs.shape[0] != 1:
             raise ValueError(f"ImplicitSlidingWindowInferer expects one volume (1, C, X, Y, Z), got {tuple(inputs.shape)}")
         x = torch.as_tensor(inputs).float()
@@ -197,6 +231,24 @@ class ImplicitSlidingWindowInferer(Inferer):
                         continue
                     self._window(network, win, text, starts, rois, u, acc, wsum)
         return torch.where(wsum > 0, acc / wsum.clamp_min(1e-30), 0.0)[None, None]
+
+    def bound_prompt(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``(1, L)`` and acquisition features ``(1, A)`` of the bound prompt, its voxel size
+        set from ``inputs``' affine when it has none."""
+        from monai.data import MetaTensor
+        from monai.data.utils import affine_to_spacing
+
+        from .transforms.prompt import PromptTokenizer, acquisition_features
+
+        if self.prompt is None:
+            raise ValueError("no prompt: pass tokens (and acquisition), or build the inferer with a prompt")
+        prompt = self.prompt
+        if prompt.voxel_size is None and isinstance(inputs, MetaTensor):
+            affine = inputs.affine[0] if inputs.affine.ndim == 3 else inputs.affine
+            spacing = affine_to_spacing(affine.detach().cpu().double().numpy(), r=3).round(4)  # as TargetPrompt
+            prompt = prompt.replace(voxel_size=tuple(float(v) for v in spacing))
+        tokenizer = self.tokenizer or PromptTokenizer()
+        return tokenizer(prompt.format()), acquisition_features(prompt)[None]
 
     def _window(self, network, win, text, starts, rois, u, acc, wsum) -> None:
         # output voxels inside this window: input position in [start - 0.5, start + roi - 0.5)

@@ -331,3 +331,120 @@ def test_label_infer_passes_bundle_ids_and_reports_errors(label_server):
     status, body = post_infer(url, "seq2seq", "case1_t1", {"target": "dwi"})
     assert status == 422, body  # an unknown target is refused with the reason, not synthesized
     assert "unknown sequence 'dwi'" in json.loads(body)["detail"]
+
+
+# -- MONAI's standard inference ids, driven by MONAI's own tools ----------------------------------
+# Every inference.json carries dataset / preprocessing / inferer / postprocessing / evaluator: one
+# source image under "image", the target synthesized by inferer(image, network) with the
+# conditioning bound in the inferer. The result must equal the bundle's own path from that source.
+
+@pytest.fixture(scope="module")
+def standard_reference(served_bundles, study, tmp_path_factory):
+    """``get(name)``: (BraTS-layout study folder, the bundle's own synthesis from t1 alone). Float32
+    everywhere (``amp`` off): bf16 results depend on the thread count, which differs between
+    this process and the tools' (OMP_NUM_THREADS=1)."""
+    from mrsynth.workflows.serving import run_bundle_inference
+
+    data = stage_study({sequence_from_filename(f): f for f in study.glob("*.nii.gz")},
+                       tmp_path_factory.mktemp("std_data"), case_id="std")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            out = tmp_path_factory.mktemp(f"std_own_{name}")
+            (syn,) = run_bundle_inference(served_bundles[name], data, out, CONFIGS, target=TARGET, source="t1",
+                                          device="cpu", amp=False)
+            cache[name] = nib.load(str(syn)).get_fdata()
+        return data, cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_create_workflow_infer_runs_the_standard_ids(name, served_bundles, standard_reference, tmp_path, caplog):
+    from monai.bundle import create_workflow
+
+    bundle = served_bundles[name]
+    data, own = standard_reference(name)
+    wf = create_workflow(config_file=[str(bundle / c) for c in CONFIGS], workflow_type="infer",
+                         meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False,
+                         bundle_root=str(bundle), dataset_dir=str(data), output_dir=str(tmp_path), device="cpu",
+                         target=TARGET, image_sequence="t1", amp=False)
+    with caplog.at_level("WARNING"):
+        assert wf.check_properties() == []  # every required InferProperty is there
+    assert "wrong ID" not in caplog.text  # and the optional ones are wired as MONAI expects
+    assert isinstance(wf.dataset[0]["image"], torch.Tensor) and wf.dataset[0]["image"].shape[0] == (
+        4 if name == "tsf_seq2seq" else 1)  # TSF: the source in its sequence's channel of four
+    wf.initialize()
+    wf.evaluator.run()
+    (out,) = tmp_path.glob("*.nii.gz")
+    assert out.name == f"std_t1_{TARGET}_syn.nii.gz"
+    img, src = nib.load(str(out)), nib.load(str(data / "std" / "std_t1.nii.gz"))
+    assert img.shape == src.shape
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    np.testing.assert_allclose(img.get_fdata(), own, rtol=1e-5, atol=1e-4)
+
+
+def _label_ready_bundles(served_bundles, root: Path) -> dict:
+    """MONAI Label's BundleInferTask reads configs/inference.json alone: copies of the served bundles
+    whose inference.json is inference.json + quick.json merged (the weights are the quick networks')."""
+    out = {}
+    for name in ALL:
+        dest = root / name
+        shutil.copytree(served_bundles[name], dest)
+        parser = ConfigParser()
+        parser.read_config([str(dest / c) for c in CONFIGS])
+        (dest / "configs" / "inference.json").write_text(json.dumps({**parser.config, "target": TARGET, "amp": False},
+                                                                            indent=1))
+        out[name] = dest
+    return out
+
+
+def test_monai_label_bundle_infer_task_drives_every_bundle(served_bundles, standard_reference, tmp_path):
+    """monailabel's own BundleInferTask (not our app), unchanged: one call per bundle on the study's t1."""
+    bundles = _label_ready_bundles(served_bundles, tmp_path / "bundles")
+    data, _ = standard_reference(ALL[0])
+    code = (
+        "import json, shutil, sys\n"
+        "from monailabel.tasks.infer.bundle import BundleInferTask\n"
+        "from monailabel.interfaces.tasks.infer_v2 import InferType\n"
+        "image, out, bundles = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
+        "for b in bundles:\n"
+        "    task = BundleInferTask(b, conf={}, type=InferType.OTHERS)\n"
+        "    assert task.is_valid(), b\n"
+        "    path, _ = task({'image': image, 'result_extension': '.nii.gz', 'result_dtype': 'float32', 'device': 'cpu'})\n"
+        "    shutil.move(path, f'{out}/{b.rsplit(\"/\", 1)[-1]}.nii.gz')\n")
+    proc = subprocess.run([str(app_python("label")), "-c", code, str(data / "std" / "std_t1.nii.gz"), str(tmp_path),
+                           *(str(bundles[n]) for n in ALL)], env=app_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    src = nib.load(str(data / "std" / "std_t1.nii.gz"))
+    for name in ALL:
+        img = nib.load(str(tmp_path / f"{name}.nii.gz"))
+        assert img.shape == src.shape, name
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(img.get_fdata(), standard_reference(name)[1], rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_monai_deploy_generic_bundle_operator_drives_the_bundle(name, served_bundles, standard_reference, tmp_path):
+    """MONAI Deploy's own MonaiBundleInferenceOperator (apps/deploy/generic.py wires it, unchanged).
+    The SDK casts every "image" output to uint8 (it was written for label maps): its output is the
+    bundle's synthesis cast the same way, voxel for voxel."""
+    bundle = tmp_path / name
+    shutil.copytree(served_bundles[name], bundle)
+    (bundle / "configs" / "serve.json").write_text(json.dumps({"target": TARGET, "amp": False}))
+    data, own = standard_reference(name)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(app_python("deploy")), str(REPO / "apps" / "deploy" / "generic.py"), "-i",
+                           str(data / "std" / "std_t1.nii.gz"), "-o", str(out), "-m", str(bundle),
+                           "--config", "inference", "--config", "quick", "--config", "serve"],
+                          env=app_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    img, src = nib.load(str(out / "pred.nii.gz")), nib.load(str(data / "std" / "std_t1.nii.gz"))
+    assert json.loads((out / "pred.json").read_text()) == {"dtype": "uint8", "shape": list(src.shape)}
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    expected = own.astype(np.float32).astype(np.uint8)
+    got = np.asarray(img.dataobj)
+    assert expected.std() > 0
+    # float32 round-off may flip a voxel sitting on an integer boundary
+    assert (got == expected).mean() > 0.999, (got != expected).sum()

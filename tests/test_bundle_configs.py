@@ -33,8 +33,15 @@ def test_train_and_inference_share_network_and_settings(bundle):
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_inference_normalises_as_training(bundle):
     train, infer = load(bundle, "train"), load(bundle, "inference")
-    assert infer["preprocessing"]["transforms"] == train["load_transforms"], \
-        f"{bundle}: inference.json's preprocessing is not train.json's load_transforms"
+    assert infer["load_transforms"] == train["load_transforms"], \
+        f"{bundle}: inference.json's load_transforms are not train.json's load_transforms"
+    assert infer["synthesis"]["preprocessing"]["transforms"] == "@load_transforms"
+    # MONAI's standard path (one source under "image") scales as training does
+    (scale,) = [t for t in infer["preprocessing"]["transforms"] if t["_target_"].endswith("ScalePercentiled")]
+    (trained,) = [t for t in train["load_transforms"] if t["_target_"].endswith("ScalePercentiled")]
+    params = {k: v for k, v in trained.items() if k not in ("keys", "ref_keys", "_desc_")}
+    assert {k: scale.get(k) for k in params} == params, \
+        f"{bundle}: inference.json's preprocessing (standard path) does not scale as train.json's load_transforms"
     assert "$@load_transforms" in train["train"]["preprocessing"]["transforms"]
     assert "$@load_transforms" in train["validate"]["preprocessing"]["transforms"]
     assert load(bundle, "evaluate")["evaluation"]["preprocessing"] == "@load_transforms"
@@ -48,14 +55,24 @@ def test_drift_is_caught(bundle, monkeypatch):
     def drifted(b, name):
         cfg = real(b, name)
         if name == "inference":
-            cfg["preprocessing"]["transforms"][1]["upper_percentile"] = 99.5
+            cfg["load_transforms"][1]["upper_percentile"] = 99.5
             cfg["network_def"]["num_kernels"] = 8
         return cfg
 
     monkeypatch.setitem(globals(), "load", drifted)
     with pytest.raises(AssertionError, match="network_def differs"):
         test_train_and_inference_share_network_and_settings(bundle)
-    with pytest.raises(AssertionError, match="not train.json's load_transforms"):
+    with pytest.raises(AssertionError, match="are not train.json's load_transforms"):
+        test_inference_normalises_as_training(bundle)
+
+    def drifted_standard(b, name):
+        cfg = real(b, name)
+        if name == "inference":
+            cfg["preprocessing"]["transforms"][3]["upper_percentile"] = 99.5
+        return cfg
+
+    monkeypatch.setitem(globals(), "load", drifted_standard)
+    with pytest.raises(AssertionError, match="standard path"):
         test_inference_normalises_as_training(bundle)
 
 

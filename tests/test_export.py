@@ -139,12 +139,13 @@ def test_seq2seq_torchscript_carries_metadata_and_configs(exported_seq2seq):
     bundle = exported_seq2seq
     ts, meta, extra = load_ts(bundle / "models" / "model.ts")
     assert meta == json.loads((bundle / "configs" / "metadata.json").read_text())
-    fmt = meta["network_data_format"]
-    assert list(fmt["inputs"]) == ["image", "code"] and list(fmt["outputs"]) == ["pred"]
-    assert fmt["inputs"]["code"]["dtype"] == "int64"
+    fmt, cond = meta["network_data_format"], meta["network_conditioning"]["inputs"]
+    # MONAI's standard path feeds the image alone (the inferer binds the code); the scripted network takes both
+    assert list(fmt["inputs"]) == ["image"] and list(cond) == ["code"] and list(fmt["outputs"]) == ["pred"]
+    assert cond["code"]["dtype"] == "int64"
     # one documented input per argument of the scripted forward, in order
     args = [a.name for a in ts.forward.schema.arguments][1:]
-    assert len(args) == len(fmt["inputs"]), args
+    assert len(args) == len(fmt["inputs"]) + len(cond), args
     for name in ("inference.json", "quick.json"):
         assert json.loads(extra[name]) == json.loads((bundle / "configs" / name).read_text())
 
@@ -183,10 +184,10 @@ def test_tsf_torchscript_matches_checkpoint_and_carries_metadata(exported_tsf):
         ts(image, torch.zeros(3, 4), torch.tensor([0, 0, 0]))
 
     assert meta == json.loads((bundle / "configs" / "metadata.json").read_text())
-    fmt = meta["network_data_format"]
-    assert list(fmt["inputs"]) == ["image", "mask", "code"] and list(fmt["outputs"]) == ["pred"]
+    fmt, cond = meta["network_data_format"], meta["network_conditioning"]["inputs"]
+    assert list(fmt["inputs"]) == ["image"] and list(cond) == ["mask", "code"] and list(fmt["outputs"]) == ["pred"]
     args = [a.name for a in ts.forward.schema.arguments][1:]
-    assert len(args) == len(fmt["inputs"]), args
+    assert len(args) == len(fmt["inputs"]) + len(cond), args
     assert json.loads(extra["quick.json"]) == json.loads((bundle / "configs" / "quick.json").read_text())
 
 

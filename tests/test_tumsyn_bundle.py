@@ -139,7 +139,8 @@ def test_torchscript_export_matches_checkpoint(trained_tumsyn, tmp_path):
     bundle = bundle_copy(B, root, tmp_path / B)
     run_in(bundle, quick_export_command(B))
     ts, meta, _, net = exported_and_eager(bundle)
-    assert list(meta["network_data_format"]["inputs"]) == ["image", "tokens", "coords", "acquisition"]
+    assert list(meta["network_data_format"]["inputs"]) == ["image"]
+    assert list(meta["network_conditioning"]["inputs"]) == ["tokens", "coords", "acquisition"]
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 1, 10, 12, 9, generator=g)
     tokens = PromptTokenizer()(FLAIR)
@@ -181,6 +182,6 @@ def test_configs_share_the_network_and_normalisation():
     def plain(transforms):
         return [{k: v for k, v in t.items() if k != "_desc_"} for t in transforms if "PromptFromSidecard" not in t["_target_"]]
 
-    assert plain(infer["preprocessing"]["transforms"]) == plain(train["load_transforms"])
+    assert plain(infer["load_transforms"]) == plain(train["load_transforms"])
     quick = json.loads((BUNDLES / B / "configs" / "quick.json").read_text())
     assert all("#" not in k for k in quick), "quick.json must only set top-level ids (it stacks on every config)"

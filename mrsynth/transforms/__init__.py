@@ -9,9 +9,13 @@ from .implicit import RandImplicitPaird, scaled_prompt
 from .io import LoadSequencesd
 from .prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, AcquisitionFeaturesd, Prompt, PromptError,
                      PromptFromSidecard, PromptTokenizer, TokenizePromptd, acquisition_features, format_prompt)
+from .standard import AsSynthesisd, CheckVolumed, PlaceInSlotd
 from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
 
 __all__ = [
+    "AsSynthesisd",
+    "CheckVolumed",
+    "PlaceInSlotd",
     "LoadSequencesd",
     "RandImplicitPaird",
     "scaled_prompt",

@@ -32,7 +32,26 @@ def unreadable_reason(path, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first}"
 
-__all__ = ["LoadSequencesd", "LABEL_KEYS"]
+__all__ = ["LoadSequencesd", "LABEL_KEYS", "check_finite", "check_one_volume"]
+
+
+def check_finite(img, key, path) -> None:
+    """Raise :class:`DataError` naming ``path`` when ``img`` has NaN or Inf voxels."""
+    if not torch.isfinite(torch.as_tensor(img)).all():
+        n = int((~torch.isfinite(torch.as_tensor(img))).sum())
+        raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
+
+
+def check_one_volume(img, key, path) -> None:
+    """Raise :class:`DataError` naming ``path`` unless ``img`` is one channel-first 3D volume
+    ``(1, X, Y, Z)`` that is not constant (a 4D series, a 2D image or an empty export)."""
+    if img.ndim != 4 or img.shape[0] != 1:
+        shape = tuple(img.shape[1:]) + ((img.shape[0],) if img.ndim == 4 else ())
+        raise DataError(f"{key!r} is {'4D' if img.ndim == 4 else f'{img.ndim - 1}D'} (shape {shape}) where one "
+                        "3D volume is expected; extract the volume to use (e.g. the first) into its own file", path)
+    lo, hi = float(img.min()), float(img.max())
+    if lo == hi:
+        raise DataError(f"{key!r} is constant (every voxel {lo:g}): an empty or failed export, not an image", path)
 
 
 class LoadSequencesd(MapTransform):
@@ -93,11 +112,10 @@ class LoadSequencesd(MapTransform):
                 img = self.loader(path)
             except Exception as e:
                 raise DataError(f"cannot read image for {key!r} ({unreadable_reason(path, e)})", path) from e
-            if self.check_finite and not torch.isfinite(img).all():
-                n = int((~torch.isfinite(img)).sum())
-                raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
+            if self.check_finite:
+                check_finite(img, key, path)
             if self.check_volume and str(key) not in LABEL_KEYS:
-                self._check_one_volume(img, key, path)
+                check_one_volume(img, key, path)
             if self.check_geometry and self.resample_to is None:
                 if ref_key is None:
                     ref_key = key
@@ -123,16 +141,6 @@ class LoadSequencesd(MapTransform):
             out = ResampleToMatch(mode=mode, padding_mode="zeros")(img, ref)
             out.meta["filename_or_obj"] = img.meta.get("filename_or_obj")
             d[key] = out
-
-    @staticmethod
-    def _check_one_volume(img, key, path) -> None:
-        if img.ndim != 4 or img.shape[0] != 1:
-            shape = tuple(img.shape[1:]) + ((img.shape[0],) if img.ndim == 4 else ())
-            raise DataError(f"{key!r} is {'4D' if img.ndim == 4 else f'{img.ndim - 1}D'} (shape {shape}) where one "
-                            "3D volume is expected; extract the volume to use (e.g. the first) into its own file", path)
-        lo, hi = float(img.min()), float(img.max())
-        if lo == hi:
-            raise DataError(f"{key!r} is constant (every voxel {lo:g}): an empty or failed export, not an image", path)
 
     def _check_same_grid(self, ref: MetaTensor, img: MetaTensor, ref_key, key, path) -> None:
         if tuple(ref.shape[1:]) != tuple(img.shape[1:]):

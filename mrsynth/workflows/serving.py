@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["sequence_from_filename", "stage_study", "run_bundle_inference", "bundle_sequences"]
+__all__ = ["sequence_from_filename", "stage_study", "run_bundle_inference", "bundle_sequences", "image_datalist",
+           "default_image_sequence"]
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -103,3 +104,38 @@ def run_bundle_inference(bundle_root, dataset_dir, output_dir, config_files: Seq
         workflow.finalize()
     written = [Path(p) for r in results or [] if isinstance(r, (list, tuple)) for p in r]
     return written or sorted(Path(output_dir).glob("*/*_syn.nii.gz"))
+
+
+def default_image_sequence(sequences: Sequence[str], target: str | None = None) -> str:
+    """The source of MONAI's standard inference path when none is named: the bundle's first
+    sequence other than ``target``."""
+    others = [str(s).lower() for s in sequences if str(s).lower() != str(target).lower()]
+    if not others:
+        raise DataError(f"no source sequence: the bundle lists {list(sequences)} and the target is {target}")
+    return others[0]
+
+
+def image_datalist(dataset_dir, sequence: str, layout: str = "auto", sequences: Sequence[str] | None = None) -> list[dict]:
+    """The data of MONAI's standard inference path (an ``inference.json``'s ``dataset``): one
+    ``{"image": <the case's sequence file>, "case": <case id>}`` per case of ``dataset_dir`` that
+    has ``sequence`` (``sequences``: the bundle's sequence names, for the folder listing). Cases without it are named in a log line and left out.
+
+    Raises:
+        DataError: no case of ``dataset_dir`` has ``sequence`` (naming the folder).
+    """
+    import logging
+
+    from ..data import list_cases
+
+    sequence = str(sequence).lower()
+    known = [str(s).lower() for s in sequences] if sequences else None
+    cases = list_cases(dataset_dir, sequences=(known + [sequence]) if known and sequence not in known else known, layout=layout,
+                       check_geometry=False)
+    data = [{"image": c[sequence], "case": c["case"]} for c in cases if sequence in c]
+    missing = [c["case"] for c in cases if sequence not in c]
+    if missing:
+        logging.getLogger(__name__).warning("%s: %d case(s) have no %s image and are left out: %s", dataset_dir,
+                                            len(missing), sequence, ", ".join(missing[:10]))
+    if not data:
+        raise DataError(f"no case has a {sequence} image (--image_sequence names the source)", dataset_dir)
+    return data
