@@ -58,6 +58,9 @@ class SlabInferer(Inferer):
             AMX, float32 elsewhere), with the slabs in ``channels_last`` layout; the result is
             float32 either way. On such a CPU this is several times faster, and the synthesis
             differs from float32 by about 0.005 on the [-1, 1] scale (``tools/bench_speed.py``).
+        out_frames: frames the network returns per slab (a series network,
+            :class:`~mrsynth.networks.FlatSeries`: ``out_frames * num_slices`` channels, frame-major);
+            the result is then ``(B, out_frames, H, W, D)``.
         conditions: the network's extra inputs (a target code, an availability mask ``(1, N)``;
             ints become ``(1,)`` codes) used when a call gives none: MONAI's evaluators and the
             serving tools call ``inferer(inputs, network)`` only.
@@ -66,14 +69,17 @@ class SlabInferer(Inferer):
     extra inputs (a target code ``(B,)``, an availability mask ``(B, N)``, ...) indexed along
     dim 0 (default: ``conditions``). Each of the ``C`` input volumes (``C`` sources for a many-to-one network) is cut into
     slabs and the slabs are stacked source-major: the network sees ``(n, C * num_slices, H, W)``.
-    Returns ``(B, 1, H, W, D)``; every slice is the mean of the ``num_slices`` slabs that
+    Returns ``(B, out_frames, H, W, D)``; every slice is the mean of the ``num_slices`` slabs that
     predicted it.
     """
 
     def __init__(self, num_slices: int = 3, batch_size: int = 8, divisible_by: int = 4, pad_value: float = -1.0,
-                 amp: bool = False, conditions=None):
+                 amp: bool = False, conditions=None, out_frames: int = 1):
         super().__init__()
         self.amp = as_bool(amp, "amp")
+        self.out_frames = int(out_frames)
+        if self.out_frames < 1:
+            raise ValueError(f"out_frames must be >= 1, got {out_frames}")
         self.conditions = _conditions(conditions)
         if num_slices < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
@@ -87,7 +93,8 @@ class SlabInferer(Inferer):
         args = bound_args(args, self.conditions, x.device)
         b, _, h, w, depth = x.shape
         ph, pw = (-h) % self.divisible_by, (-w) % self.divisible_by
-        out = torch.zeros((b, 1, h, w, depth), dtype=x.dtype, device=x.device)
+        f = self.out_frames
+        out = torch.zeros((b, f, h, w, depth), dtype=x.dtype, device=x.device)
         count = torch.zeros(depth, dtype=x.dtype, device=x.device)
         centers = list(range(depth))
         for i in range(b):
@@ -107,11 +114,12 @@ class SlabInferer(Inferer):
                 with autocast(slabs.device, enabled=self.amp):
                     pred = network(slabs, *rep, **kwargs)
                 pred = pred[..., :h, :w].to(out.dtype)
+                pred = pred.reshape(n, f, -1, h, w)  # frame-major channels
                 for p, j in zip(pred, idx):
                     for ch, z in enumerate(j):
                         if i == 0:
                             count[z] += 1
-                        out[i, 0, :, :, z] += p[ch]
+                        out[i, :, :, :, z] += p[:, ch]
         return out / count.clamp_min(1)
 
 

@@ -86,6 +86,8 @@ __all__ = [
     "random_protocol",
     "preset_image_name",
     "subject_field_strength",
+    "DCE_IMAGES",
+    "save_dce",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -717,6 +719,7 @@ def simulate_subject(
     slice_thickness: float | None = None,
     n_tumours: int | None = None,
     protocols: dict[str, dict] | None = None,
+    dce: dict | bool | None = None,
 ) -> PhantomSubject:
     """Simulate one subject.
 
@@ -738,6 +741,15 @@ def simulate_subject(
             ``sequences`` (nor ``seg``, ``tissue``, ``fractions``, ``*_noiseless``). They go
             into ``images``, ``noiseless``, ``noise_sigma`` and ``sidecars`` (``modality`` from
             :func:`modality_of`, plus ``kind``); the named sequences' images do not change.
+        dce: a dynamic contrast-enhanced series too (``True`` or overrides of
+            :data:`mrsynth.data.dce.DCE_DEFAULTS`): ``images["dce"]`` is ``(X, Y, Z, F)``, the
+            pre-contrast frame(s) then the post-contrast frames of a 3D SPGR, each compartment
+            enhancing as the extended Tofts model with a population input function says
+            (:mod:`mrsynth.data.dce`; parameters :data:`~mrsynth.data.dce.DCE_PARAMETERS`);
+            ``dce_washin`` and ``dce_washout`` are its derived maps (3D), each with a noiseless
+            twin (the maps of the noiseless series). Own bias, scaling and noise streams (keyed
+            on the name ``dce``); one noise sigma for all frames, from the pre-contrast frame.
+            The sidecar holds the frame times. Nothing else changes.
 
     Returns:
         :class:`PhantomSubject`.
@@ -888,13 +900,31 @@ def simulate_subject(
         scale = 10 ** srng.uniform(2.0, 3.5)
         noiseless[name] = (img * bias * scale).astype(np.float32)
 
+    dce_cfg = None
+    if dce:
+        from .dce import DCE_DEFAULTS, tissue_curves
+
+        dce_cfg = {**DCE_DEFAULTS, **(dce if isinstance(dce, dict) else {})}
+        unknown = sorted(set(dce_cfg) - set(DCE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown dce settings {unknown}; known: {sorted(DCE_DEFAULTS)}")
+        times, conc, curves = tissue_curves(params, GD_RELAXIVITY[fs], dce_cfg)
+        img = sum(curves[k].astype(np.float32) * fractions[k][..., None] for k in normal) * normal_tex[..., None]
+        img += sum(curves[k].astype(np.float32) * fractions[k][..., None] for k in TISSUES if k not in normal) * tumour_tex[..., None]
+        srng = np.random.default_rng([seed, 8, _stream_key("dce")])
+        bias = np.exp(bias_shared_amp * bias_shared + srng.uniform(0.01, 0.04) * _smooth_field(srng, axes, _BIAS_CTRL_MM))
+        scale = 10 ** srng.uniform(2.0, 3.5)
+        noiseless["dce"] = (img * (bias * scale)[..., None]).astype(np.float32)
+        del img
+
     out_affine = affine.copy()
     voxel_size = [spacing, spacing, spacing]
     if slice_thickness is not None and slice_thickness != spacing:
         w = _slab_matrix(shape[2], spacing, slice_thickness)
 
         def thick(a):
-            return np.ascontiguousarray(np.tensordot(a, w, axes=([2], [1])), dtype=np.float32)
+            out = np.tensordot(a, w, axes=([2], [1]))  # the new axis comes last
+            return np.ascontiguousarray(np.moveaxis(out, -1, 2) if a.ndim == 4 else out, dtype=np.float32)
 
         noiseless = {s: thick(a) for s, a in noiseless.items()}
         fractions = {k: thick(a) for k, a in fractions.items()}
@@ -917,9 +947,9 @@ def simulate_subject(
     if wm_region.sum() < 10:
         wm_region = fractions["wm"] >= 0.5
     images, sigmas = {}, {}
-    for s in (*sequences, *extra):
+    for s in (*sequences, *extra, *(("dce",) if dce_cfg else ())):
         clean = noiseless[s]
-        sigma = float(clean[wm_region].mean()) / snr
+        sigma = float((clean[..., 0] if clean.ndim == 4 else clean)[wm_region].mean()) / snr
         key = [seed, 3, sequence_index(s)] if s in sequences else [seed, 7, _stream_key(s)]
         nrng = np.random.default_rng(key)
         n1 = nrng.standard_normal(clean.shape, dtype=np.float32)
@@ -931,6 +961,14 @@ def simulate_subject(
         sigmas[s] = sigma
 
     scanner = f"{fs:.1f} {vendor}"
+    if dce_cfg:
+        from .dce import dce_maps
+
+        b = int(dce_cfg["baseline"])
+        for key, series in (("images", images["dce"]), ("noiseless", noiseless["dce"])):
+            washin, washout, early = dce_maps(series, times, b, float(dce_cfg["early_minutes"]))
+            target = images if key == "images" else noiseless
+            target["dce_washin"], target["dce_washout"] = washin, washout
     sidecars = {
         s: {
             "age": age,
@@ -971,6 +1009,26 @@ def simulate_subject(
             "contrast_agent": prot["contrast_agent"],
             "kind": prot["kind"],
         }
+    if dce_cfg:
+        from .dce import DCE_PARAMETERS, POPULATION_AIF, frame_times
+
+        _, t0 = frame_times(int(dce_cfg["frames"]), float(dce_cfg["interval_s"]), int(dce_cfg["baseline"]))
+        common = {"age": age, "sex": sex, "field_strength": fs, "vendor": vendor, "scanner": scanner,
+                  "voxel_size": [float(v) for v in voxel_size], "TR": float(dce_cfg["TR"]), "TE": float(dce_cfg["TE"]),
+                  "TI": None, "FA": float(dce_cfg["FA"]), "snr": float(snr), "contrast_agent": True}
+        frames_s = [round(float(t) * 60.0, 3) for t in times]
+        sidecars["dce"] = {**common, "modality": "DCE", "sequence": "dce",
+                           "acquisition": "3D spoiled gradient echo, dynamic contrast-enhanced",
+                           "frame_times_s": frames_s, "baseline_frames": int(dce_cfg["baseline"]),
+                           "bolus_arrival_s": round(t0 * 60.0, 3),
+                           "input_function": "population bi-exponential (Weinmann 1984, Tofts & Kermode 1991)",
+                           "pharmacokinetic_model": "extended Tofts"}
+        for name, what in (("dce_washin", "wash-in"), ("dce_washout", "wash-out")):
+            sidecars[name] = {**common, "modality": f"DCE {what}", "sequence": name,
+                              "acquisition": f"DCE {what} map (signal per minute, frames {frames_s[0]}-"
+                                             f"{frames_s[early] if what == 'wash-in' else frames_s[-1]} s)",
+                              "derived_from": "dce", "early_frame": early}
+            sigmas[name] = float("nan")  # a derived map: its noise is not Gaussian of one sigma
     info = {
         "seed": seed,
         "field_strength": fs,
@@ -979,6 +1037,10 @@ def simulate_subject(
         "tumours": [{**t, "centre": [round(float(c), 2) for c in t["centre"]]} for t in tumours],
         "protocols": {**{s: protocols[s] for s in sequences}, **{n: dict(p) for n, p in extra.items()}},
     }
+    if dce_cfg:
+        info["dce"] = {"settings": dce_cfg, "parameters": DCE_PARAMETERS, "input_function": POPULATION_AIF,
+                       "frame_times_min": [float(t) for t in times],
+                       "concentration_mM": {k: [float(v) for v in c] for k, c in conc.items()}}
     return PhantomSubject(
         images=images,
         noiseless=noiseless,
@@ -1030,6 +1092,37 @@ def save_fractions(subject: PhantomSubject, dest) -> Path:
     return Path(dest)
 
 
+DCE_IMAGES = ("dce", "dce_washin", "dce_washout")
+
+
+def save_dce(subject: PhantomSubject, folder, case: str) -> list[Path]:
+    """Write a subject's DCE series (4D, frame interval as the fourth voxel size, in seconds) and
+    its derived maps, with noiseless twins and sidecars, as ``<folder>/<case>_<name>...``."""
+    import nibabel as nib
+
+    from ..io import atomic_path
+
+    folder = Path(folder)
+    written = []
+    interval = float(np.diff(subject.sidecars["dce"]["frame_times_s"][:2])[0])
+    for name in DCE_IMAGES:
+        for suffix, arrays in (("", subject.images), ("_noiseless", subject.noiseless)):
+            dest = folder / f"{case}_{name}{suffix}.nii.gz"
+            if name == "dce":
+                img = nib.Nifti1Image(np.asarray(arrays[name], dtype=np.float32), subject.affine)
+                zooms = img.header.get_zooms()
+                img.header.set_zooms((*zooms[:3], interval))
+                img.header.set_xyzt_units("mm", "sec")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(dest, ".nii.gz") as tmp:
+                    nib.save(img, str(tmp))
+            else:
+                save_nifti(arrays[name], subject.affine, dest)
+            written.append(dest)
+        save_json(subject.sidecars[name], folder / f"{case}_{name}.json")
+    return written
+
+
 def preset_image_name(key: str) -> str:
     """The image name :func:`write_dataset` gives preset ``key``: the key, or ``preset_<key>``
     when the key is also a named sequence (:data:`mrsynth.sequences.SEQUENCES`, e.g. ``flair``)."""
@@ -1053,6 +1146,7 @@ def write_dataset(
     protocol_kinds=PROTOCOL_KINDS,
     exclude_modalities=(),
     presets: list[str] | None = None,
+    dce: dict | bool | None = None,
 ) -> list[str]:
     """Simulate ``subjects`` cases and write them under ``out``; return the case ids.
 
@@ -1082,6 +1176,12 @@ def write_dataset(
     They are written like the sequences (``<case>_<name>.nii.gz``, ``_noiseless``, ``.json``;
     the sidecar describes the protocol) and never dropped; ``phantom.json`` lists them per case
     under ``protocols``.
+
+    DCE (brats layout only): ``dce=True`` (or settings, see :func:`simulate_subject`) also writes
+    ``<case>_dce.nii.gz``, a 4D NIfTI ``(X, Y, Z, F)`` whose fourth voxel size is the frame
+    interval in seconds (``xyzt_units`` mm, s), its noiseless twin and sidecar (frame times), and
+    the derived maps ``<case>_dce_washin`` / ``<case>_dce_washout`` (3D, with twins and sidecars).
+    They are never dropped.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -1098,8 +1198,8 @@ def write_dataset(
         raise ValueError(f"unknown presets {unknown}; known: {sorted(PROTOCOL_PRESETS)}")
     if len(set(presets)) != len(presets):
         raise ValueError(f"duplicate presets in {presets}")
-    if layout != "brats" and (n_protocols > 0 or presets):
-        raise ValueError("protocols are written in the brats layout only")
+    if layout != "brats" and (n_protocols > 0 or presets or dce):
+        raise ValueError("protocols and DCE series are written in the brats layout only")
     protocol_kinds = (protocol_kinds,) if isinstance(protocol_kinds, str) else tuple(protocol_kinds)
     exclude_modalities = (exclude_modalities,) if isinstance(exclude_modalities, str) else tuple(exclude_modalities)
     preset_names = {k: preset_image_name(k) for k in presets}
@@ -1123,7 +1223,8 @@ def write_dataset(
             extra = {f"p{j:02d}": random_protocol(prng, fs, protocol_kinds, exclude_modalities) for j in range(n_protocols)}
         extra.update(fixed)
         subj = simulate_subject(
-            sub_seed, spacing=spacing, snr=snr, sequences=kept, slice_thickness=slice_thickness, protocols=extra or None
+            sub_seed, spacing=spacing, snr=snr, sequences=kept, slice_thickness=slice_thickness, protocols=extra or None,
+            dce=dce,
         )
         cases.append(case)
         seeds[case] = sub_seed
@@ -1135,6 +1236,8 @@ def write_dataset(
                 save_nifti(subj.images[s], subj.affine, folder / f"{case}_{s}.nii.gz")
                 save_nifti(subj.noiseless[s], subj.affine, folder / f"{case}_{s}_noiseless.nii.gz")
                 save_json(subj.sidecars[s], folder / f"{case}_{s}.json")
+            if dce:
+                save_dce(subj, folder, case)
             save_nifti(subj.label, subj.affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
             save_nifti(subj.tissue, subj.affine, folder / f"{case}_tissue.nii.gz", dtype=np.uint8)
             save_fractions(subj, folder / f"{case}_fractions.nii.gz")
@@ -1181,6 +1284,7 @@ def write_dataset(
             "exclude_modalities": list(exclude_modalities),
             "presets": preset_names,
             "protocols": case_protocols,
+            "dce": None if not dce else (dict(dce) if isinstance(dce, dict) else True),
         },
         out / "phantom.json",
     )

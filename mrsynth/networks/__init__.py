@@ -1,6 +1,6 @@
 """Networks: Seq2Seq (hyper-convolution decoder) and the parts TSF-Seq2Seq and VQ-Seq2Seq reuse."""
 
-from .bound import Conditioned, PromptConditioned, availability_mask
+from .bound import Conditioned, FlatSeries, PromptConditioned, availability_mask
 from .convlstm import ConvLSTM, ConvLSTMCell
 from .hyperconv import CodeEmbedding, HyperConv, code_to_onehot
 from .seq2seq import (
@@ -16,6 +16,7 @@ from .tsf import FusionOutput, TaskSpecificFusion, TSFOutput, TSFSeq2Seq
 from .vq import VQSeq2Seq, codebook_stats
 
 __all__ = [
+    "FlatSeries",
     "Conditioned",
     "PromptConditioned",
     "availability_mask",

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["Conditioned", "PromptConditioned", "availability_mask"]
+__all__ = ["Conditioned", "PromptConditioned", "FlatSeries", "availability_mask"]
 
 
 def availability_mask(sequences: Sequence[str], absent: Sequence[str] = ()) -> torch.Tensor:
@@ -86,3 +86,27 @@ class PromptConditioned(_Bound):
         axes = [(2 * torch.arange(n, device=dev, dtype=torch.float32) + 1) / n - 1 for n in shape]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3).expand(b, -1, -1)
         return self.network.query(self.network.encode(image, text), coords).reshape(b, 1, *shape)
+
+
+class FlatSeries(_Bound):
+    """A series network (:class:`~mrsynth.networks.Seq2Seq4D`: ``(B, T, C, *spatial)`` ->
+    ``(B, T_out, C, *spatial)``) on frame-major flattened channels: ``forward(x (B, T * C,
+    *spatial), code)`` -> ``(B, T_out * C, *spatial)``, so that the 2.5D machinery (slab samples,
+    MONAI's spatial transforms and metrics, :class:`~mrsynth.inferers.SlabInferer`) serves 4D
+    synthesis unchanged. ``state_dict`` is the wrapped network's.
+
+    Args:
+        network: the series network.
+        channels: channels per frame ``C`` (the slices of a 2.5D slab).
+    """
+
+    def __init__(self, network: nn.Module, channels: int) -> None:
+        super().__init__(network)
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        b, tc = x.shape[0], x.shape[1]
+        if tc % self.channels:
+            raise ValueError(f"{tc} channels are not frames of {self.channels} channels each")
+        y = self.network(x.reshape(b, tc // self.channels, self.channels, *x.shape[2:]), code)
+        return y.reshape(b, -1, *y.shape[3:])

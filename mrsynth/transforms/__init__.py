@@ -9,10 +9,16 @@ from .implicit import RandImplicitPaird, scaled_prompt
 from .io import LoadSequencesd
 from .prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, AcquisitionFeaturesd, Prompt, PromptError,
                      PromptFromSidecard, PromptTokenizer, TokenizePromptd, acquisition_features, format_prompt)
+from .series import RandSeriesSlabd, SeriesSlabsd, SplitFramesd, parse_frames, stack_frames
 from .standard import AsSynthesisd, CheckVolumed, PlaceInSlotd
 from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
 
 __all__ = [
+    "RandSeriesSlabd",
+    "SeriesSlabsd",
+    "SplitFramesd",
+    "parse_frames",
+    "stack_frames",
     "AsSynthesisd",
     "CheckVolumed",
     "PlaceInSlotd",

@@ -42,10 +42,11 @@ def check_finite(img, key, path) -> None:
         raise DataError(f"{n} NaN/Inf voxel(s) in {key!r}; clean the image or drop this sequence", path)
 
 
-def check_one_volume(img, key, path) -> None:
+def check_one_volume(img, key, path, series: bool = False) -> None:
     """Raise :class:`DataError` naming ``path`` unless ``img`` is one channel-first 3D volume
-    ``(1, X, Y, Z)`` that is not constant (a 4D series, a 2D image or an empty export)."""
-    if img.ndim != 4 or img.shape[0] != 1:
+    ``(1, X, Y, Z)`` that is not constant (a 4D series, a 2D image or an empty export).
+    ``series``: ``(F, X, Y, Z)`` frames are allowed (a dynamic series)."""
+    if img.ndim != 4 or (img.shape[0] != 1 and not series):
         shape = tuple(img.shape[1:]) + ((img.shape[0],) if img.ndim == 4 else ())
         raise DataError(f"{key!r} is {'4D' if img.ndim == 4 else f'{img.ndim - 1}D'} (shape {shape}) where one "
                         "3D volume is expected; extract the volume to use (e.g. the first) into its own file", path)
@@ -71,6 +72,8 @@ class LoadSequencesd(MapTransform):
         check_finite: fail on NaN/Inf voxels.
         check_geometry: fail when the loaded images differ in spatial shape or affine.
         check_volume: fail on a sequence that is not a single 3D volume or is constant.
+        series: keys that may be dynamic series (a 4D file, e.g. a DCE series): loaded as
+            ``(F, X, Y, Z)`` (frames first; a 3D file gives one frame), refused only when constant.
         resample_to: a key (e.g. ``"t1"``) or ``"first"``: images on other grids (voxel size,
             orientation, field of view) are resampled onto that image's grid (the first loaded
             one where the case lacks it) with MONAI's ``ResampleToMatch``, trilinear (nearest for
@@ -92,8 +95,10 @@ class LoadSequencesd(MapTransform):
         atol: float = 1e-3,
         check_volume: bool = True,
         resample_to: str | None = None,
+        series=(),
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.series = {str(k) for k in ([series] if isinstance(series, str) else series or ())}
         self.check_volume = check_volume
         self.resample_to = None if resample_to in (None, "", "none") else str(resample_to).lower()
         self.loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=dtype)
@@ -115,7 +120,7 @@ class LoadSequencesd(MapTransform):
             if self.check_finite:
                 check_finite(img, key, path)
             if self.check_volume and str(key) not in LABEL_KEYS:
-                check_one_volume(img, key, path)
+                check_one_volume(img, key, path, series=str(key) in self.series)
             if self.check_geometry and self.resample_to is None:
                 if ref_key is None:
                     ref_key = key
