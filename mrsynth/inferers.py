@@ -52,6 +52,10 @@ class SlabInferer(Inferer):
         batch_size: slabs per network call.
         divisible_by: in-plane sizes are padded up to a multiple of this (the network's
             down-sampling factor) with ``pad_value``, and cropped back after.
+        min_size: pad in-plane up to at least this size (an int or ``(H, W)``; ``None``: no minimum),
+            e.g. the training patch size: a network trained on small images padded into larger
+            patches sees the same amount of background at inference (instance normalisation
+            depends on it).
         pad_value: value of the padding (-1 is background on the papers' [-1, 1] scale).
         amp: run the network in mixed precision where the device does it natively
             (:func:`mrsynth.amp.autocast`: float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 /
@@ -74,8 +78,11 @@ class SlabInferer(Inferer):
     """
 
     def __init__(self, num_slices: int = 3, batch_size: int = 8, divisible_by: int = 4, pad_value: float = -1.0,
-                 amp: bool = False, conditions=None, out_frames: int = 1):
+                 amp: bool = False, conditions=None, out_frames: int = 1, min_size=None):
         super().__init__()
+        if min_size is not None:
+            min_size = [int(v) for v in ([min_size] * 2 if isinstance(min_size, (int, float)) else min_size)][-2:]
+        self.min_size = min_size
         self.amp = as_bool(amp, "amp")
         self.out_frames = int(out_frames)
         if self.out_frames < 1:
@@ -92,7 +99,8 @@ class SlabInferer(Inferer):
         x = torch.as_tensor(inputs)
         args = bound_args(args, self.conditions, x.device)
         b, _, h, w, depth = x.shape
-        ph, pw = (-h) % self.divisible_by, (-w) % self.divisible_by
+        th, tw = (h, w) if self.min_size is None else (max(h, self.min_size[0]), max(w, self.min_size[1]))
+        ph, pw = th - h + (-th) % self.divisible_by, tw - w + (-tw) % self.divisible_by
         f = self.out_frames
         out = torch.zeros((b, f, h, w, depth), dtype=x.dtype, device=x.device)
         count = torch.zeros(depth, dtype=x.dtype, device=x.device)

@@ -425,26 +425,30 @@ def test_monai_label_bundle_infer_task_drives_every_bundle(served_bundles, stand
         np.testing.assert_allclose(img.get_fdata(), standard_reference(name)[1], rtol=1e-5, atol=1e-4, err_msg=name)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_monai_deploy_generic_bundle_operator_drives_the_bundle(name, served_bundles, standard_reference, tmp_path):
-    """MONAI Deploy's own MonaiBundleInferenceOperator (apps/deploy/generic.py wires it, unchanged).
-    The SDK casts every "image" output to uint8 (it was written for label maps): its output is the
-    bundle's synthesis cast the same way, voxel for voxel."""
-    bundle = tmp_path / name
-    shutil.copytree(served_bundles[name], bundle)
-    (bundle / "configs" / "serve.json").write_text(json.dumps({"target": TARGET, "amp": False}))
-    data, own = standard_reference(name)
+def test_monai_deploy_generic_bundle_operator_drives_every_bundle(served_bundles, standard_reference, tmp_path):
+    """MONAI Deploy's own MonaiBundleInferenceOperator (apps/deploy/generic.py wires it, unchanged; one
+    Holoscan app, one chain per bundle). The SDK casts every "image" output to uint8 (it was written
+    for label maps): its output is the bundle's synthesis cast the same way, voxel for voxel."""
+    bundles = []
+    for name in ALL:
+        bundle = tmp_path / "bundles" / name
+        shutil.copytree(served_bundles[name], bundle)
+        (bundle / "configs" / "serve.json").write_text(json.dumps({"target": TARGET, "amp": False}))
+        bundles.append(bundle)
+    data, _ = standard_reference(ALL[0])
     out = tmp_path / "out"
     proc = subprocess.run([str(app_python("deploy")), str(REPO / "apps" / "deploy" / "generic.py"), "-i",
-                           str(data / "std" / "std_t1.nii.gz"), "-o", str(out), "-m", str(bundle),
+                           str(data / "std" / "std_t1.nii.gz"), "-o", str(out), *(a for b in bundles for a in ("-m", str(b))),
                            "--config", "inference", "--config", "quick", "--config", "serve"],
                           env=app_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    img, src = nib.load(str(out / "pred.nii.gz")), nib.load(str(data / "std" / "std_t1.nii.gz"))
-    assert json.loads((out / "pred.json").read_text()) == {"dtype": "uint8", "shape": list(src.shape)}
-    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
-    expected = own.astype(np.float32).astype(np.uint8)
-    got = np.asarray(img.dataobj)
-    assert expected.std() > 0
-    # float32 round-off may flip a voxel sitting on an integer boundary
-    assert (got == expected).mean() > 0.999, (got != expected).sum()
+    src = nib.load(str(data / "std" / "std_t1.nii.gz"))
+    for name in ALL:
+        img = nib.load(str(out / name / "pred.nii.gz"))
+        assert json.loads((out / name / "pred.json").read_text()) == {"dtype": "uint8", "shape": list(src.shape)}, name
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5, err_msg=name)
+        expected = standard_reference(name)[1].astype(np.float32).astype(np.uint8)
+        got = np.asarray(img.dataobj)
+        assert expected.std() > 0, name
+        # float32 round-off may flip a voxel sitting on an integer boundary
+        assert (got == expected).mean() > 0.999, (name, int((got != expected).sum()))

@@ -256,3 +256,11 @@ def test_tissue_and_fraction_files_read_back(tmp_path):
         assert frac.shape == (*subj.label.shape, len(TISSUES))
         expected = np.stack([subj.fractions[k] for k in TISSUES], -1)
         assert np.abs(frac - expected).max() <= 0.5 / 255 + 1e-6
+
+
+def test_cli_writes_a_dce_series(tmp_path):
+    out = tmp_path / "dce"
+    stdout = _run_cli("--out", str(out), "--subjects", "1", "--spacing", "8", "--dce", "3", "--dce-interval", "20")
+    assert "DCE (3 post-contrast frames every 20 s)" in stdout
+    img = nib.load(out / "PHANTOM_0000" / "PHANTOM_0000_dce.nii.gz")
+    assert img.shape[3] == 4 and img.header.get_zooms()[3] == 20.0

@@ -190,3 +190,19 @@ def test_load_sequences_takes_a_series_only_where_allowed(tmp_path):
     nib.save(nib.Nifti1Image(np.ones_like(vol), np.eye(4)), str(tmp_path / "flat_dce.nii.gz"))
     with pytest.raises(DataError, match="constant"):
         LoadSequencesd("dce", series="dce")({"dce": str(tmp_path / "flat_dce.nii.gz")})
+
+
+def test_slab_inferer_pads_up_to_a_minimum_size():
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x, code):
+            seen.append(tuple(x.shape[-2:]))
+            return x[:, :3] * 2
+
+    x = torch.rand(1, 1, 10, 7, 3)
+    out = SlabInferer(num_slices=3, divisible_by=4, min_size=[16, 16])(x, Net(), torch.tensor([0]))
+    assert seen[0] == (16, 16) and out.shape == (1, 1, 10, 7, 3)
+    torch.testing.assert_close(out, x * 2)
+    SlabInferer(num_slices=3, divisible_by=4, min_size=6)(x, Net(), torch.tensor([0]))
+    assert seen[-1] == (12, 8)  # at least 6, then a multiple of 4

@@ -52,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--exclude-modalities", nargs="+", choices=PROTOCOL_MODALITIES, default=[], help="modalities the random protocols never have (held out)"
     )
     p.add_argument("--presets", nargs="+", choices=sorted(PROTOCOL_PRESETS), default=[], help="named protocols imaged in every case (brats layout)")
+    p.add_argument("--dce", type=int, default=0, metavar="FRAMES",
+                   help="also a DCE series with this many post-contrast frames (brats layout; 4D <case>_dce.nii.gz, "
+                        "wash-in and wash-out maps)")
+    p.add_argument("--dce-interval", type=float, default=30.0, help="seconds between DCE frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.subjects < 1:
@@ -60,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--drop-max must be non-negative")
     if args.protocols < 0:
         p.error("--protocols must be non-negative")
-    if args.layout != "brats" and (args.protocols or args.presets):
-        p.error("protocols are written in the brats layout only (--protocols, --presets)")
+    if args.layout != "brats" and (args.protocols or args.presets or args.dce):
+        p.error("protocols and DCE series are written in the brats layout only (--protocols, --presets, --dce)")
+    if args.dce < 0:
+        p.error("--dce must be non-negative")
     return args
 
 
@@ -84,11 +90,14 @@ def main(argv=None) -> int:
         protocol_kinds=tuple(args.protocol_kinds),
         exclude_modalities=tuple(args.exclude_modalities),
         presets=args.presets or None,
+        dce={"frames": args.dce, "interval_s": args.dce_interval} if args.dce else None,
     )
     elapsed = time.perf_counter() - start
     extra = ""
     if args.protocols or args.presets:
         extra = f" + {args.protocols} random protocol(s)" + (f", presets {', '.join(args.presets)}" if args.presets else "")
+    if args.dce:
+        extra += f" + DCE ({args.dce} post-contrast frames every {args.dce_interval:g} s)"
     print(f"wrote {len(cases)} case(s) ({args.layout} layout, {', '.join(sequences)}{extra}) to {args.out.resolve()} in {elapsed:.1f} s")
     return 0
 

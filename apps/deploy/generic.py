@@ -1,7 +1,7 @@
 """A bundle through MONAI Deploy's own generic operator (``MonaiBundleInferenceOperator``,
 monai-deploy-app-sdk 4), unchanged: one source image in, the synthesis out.
 
-    python apps/deploy/generic.py -i t1.nii.gz -o OUT -m BUNDLE [--config inference --config quick]
+    python apps/deploy/generic.py -i t1.nii.gz -o OUT -m BUNDLE [-m BUNDLE2 ...] [--config inference --config quick]
 
 The operator reads the bundle's MONAI standard ids (``preprocessing``, ``inferer``,
 ``postprocessing``, ``device``; ``network`` or ``network_def`` with ``models/model.pt``) and the
@@ -77,21 +77,25 @@ class NiftiImageSink(Operator):
 
 
 class GenericBundleApp(Application):
-    def __init__(self, *args, source: Path, output: Path, bundle: Path, config_names=("inference",), **kwargs):
-        self.source, self.output, self.bundle = Path(source), Path(output), Path(bundle)
+    """Source -> the SDK's bundle operator -> sink, one chain per bundle (``outputs[i]`` for ``bundles[i]``)."""
+
+    def __init__(self, *args, source: Path, outputs, bundles, config_names=("inference",), **kwargs):
+        self.source, self.outputs, self.bundles = Path(source), [Path(o) for o in outputs], [Path(b) for b in bundles]
         self.config_names = list(config_names)
         super().__init__(*args, **kwargs)
 
     def compose(self):
-        src = NiftiImageSource(self, CountCondition(self, 1), name="source", path=self.source)
-        infer = MonaiBundleInferenceOperator(
-            self, name="bundle", app_context=AppContext({}), bundle_path=self.bundle,
-            bundle_config_names=BundleConfigNames(config_names=self.config_names),
-            input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
-            output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)])
-        sink = NiftiImageSink(self, name="sink", output=self.output, affine=nib.load(str(self.source)).affine)
-        self.add_flow(src, infer, {("image", "image")})
-        self.add_flow(infer, sink, {("pred", "pred")})
+        affine = nib.load(str(self.source)).affine
+        for i, (bundle, output) in enumerate(zip(self.bundles, self.outputs)):
+            src = NiftiImageSource(self, CountCondition(self, 1), name=f"source_{i}", path=self.source)
+            infer = MonaiBundleInferenceOperator(
+                self, name=f"bundle_{i}", app_context=AppContext({}), bundle_path=bundle,
+                bundle_config_names=BundleConfigNames(config_names=self.config_names),
+                input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
+                output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)])
+            sink = NiftiImageSink(self, name=f"sink_{i}", output=output, affine=affine)
+            self.add_flow(src, infer, {("image", "image")})
+            self.add_flow(infer, sink, {("pred", "pred")})
 
 
 def main(argv=None) -> int:
@@ -99,14 +103,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", "--input", required=True, help="the source image (NIfTI)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("-m", "--model", required=True, help="the bundle folder (with models/model.pt)")
+    parser.add_argument("-m", "--model", required=True, action="append",
+                        help="the bundle folder (with models/model.pt); repeat for several bundles, each then "
+                             "written to OUT/<bundle folder name>/")
     parser.add_argument("--config", action="append", default=None,
                         help="config names under configs/, stacked in order (default: inference)")
     args = parser.parse_args(argv[1:])
-    bundle = Path(args.model).resolve()
-    sys.path.insert(0, str(bundle))  # a packaged bundle's own copy of mrsynth
-    app = GenericBundleApp([argv[0]], source=Path(args.input).resolve(), output=Path(args.output).resolve(),
-                           bundle=bundle, config_names=args.config or ["inference"])
+    bundles = [Path(m).resolve() for m in args.model]
+    out = Path(args.output).resolve()
+    outputs = [out] if len(bundles) == 1 else [out / b.name for b in bundles]
+    sys.path.insert(0, str(bundles[0]))  # a packaged bundle's own copy of mrsynth
+    app = GenericBundleApp([argv[0]], source=Path(args.input).resolve(), outputs=outputs, bundles=bundles,
+                           config_names=args.config or ["inference"])
     app.run()
     return 0
 
