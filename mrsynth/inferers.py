@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 
 from .amp import as_bool, autocast
+from .networks.bound import as_conditions
 from .transforms.sampling import slab_indices
 
 __all__ = ["ImplicitSlidingWindowInferer", "PerSampleInferer", "SlabInferer", "bound_args"]
@@ -27,10 +28,8 @@ def sample_args(args, i: int, batch: int) -> list:
 
 
 def _conditions(conditions) -> list | None:
-    """``conditions`` as a list of tensors (ints become ``(1,)`` int64 tensors), or ``None``."""
-    if conditions is None:
-        return None
-    return [c if isinstance(c, torch.Tensor) else torch.tensor([int(c)]) for c in conditions]
+    """``conditions`` as a list of tensors (:func:`~mrsynth.networks.bound.as_conditions`), or ``None``."""
+    return None if conditions is None else as_conditions(conditions)
 
 
 def bound_args(args, conditions, device) -> tuple:

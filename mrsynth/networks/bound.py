@@ -16,7 +16,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["Conditioned", "PromptConditioned", "FlatSeries", "availability_mask"]
+__all__ = ["Conditioned", "PromptConditioned", "FlatSeries", "availability_mask", "as_conditions"]
+
+
+def as_conditions(conditions: Sequence) -> list[torch.Tensor]:
+    """A network's extra inputs as tensors: ints become ``(1,)`` int64 target codes, tensors stay."""
+    return [c if isinstance(c, torch.Tensor) else torch.tensor([int(c)]) for c in conditions]
 
 
 def availability_mask(sequences: Sequence[str], absent: Sequence[str] = ()) -> torch.Tensor:
@@ -54,7 +59,7 @@ class Conditioned(_Bound):
 
     def __init__(self, network: nn.Module, conditions: Sequence = ()) -> None:
         super().__init__(network)
-        self.conditions = [c if isinstance(c, torch.Tensor) else torch.tensor([int(c)]) for c in conditions]
+        self.conditions = as_conditions(conditions)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.network(image, *(self._batched(c, image.shape[0], image.device) for c in self.conditions))
