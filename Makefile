@@ -34,7 +34,7 @@ demo: venv
 	$(PY) tools/demo.py
 
 test: venv apps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: venv  # everything but the end-to-end trainings marked slow
 	$(PY) -m pytest -q -m "not slow"

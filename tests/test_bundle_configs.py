@@ -11,7 +11,7 @@ import pytest
 from bundle_utils import BUNDLES
 
 BUNDLE_NAMES = ["seq2seq", "tsf_seq2seq", "vq_seq2seq"]
-SHARED = ["sequences", "spatial_dims", "num_slices", "layout", "ckpt_dir", "output_dir", "device", "seq2seq_def"]
+SHARED = ["sequences", "signed_sequences", "spatial_dims", "num_slices", "layout", "ckpt_dir", "output_dir", "device", "seq2seq_def"]
 
 
 def load(bundle: str, name: str) -> dict:
@@ -39,9 +39,12 @@ def test_inference_normalises_as_training(bundle):
     # MONAI's standard path (one source under "image") scales as training does
     (scale,) = [t for t in infer["preprocessing"]["transforms"] if t["_target_"].endswith("ScalePercentiled")]
     (trained,) = [t for t in train["load_transforms"] if t["_target_"].endswith("ScalePercentiled")]
-    params = {k: v for k, v in trained.items() if k not in ("keys", "ref_keys", "_desc_")}
+    params = {k: v for k, v in trained.items() if k not in ("keys", "ref_keys", "_desc_", "signed_keys")}
     assert {k: scale.get(k) for k in params} == params, \
         f"{bundle}: inference.json's preprocessing (standard path) does not scale as train.json's load_transforms"
+    if "signed_keys" in trained:  # the image is signed when its sequence is
+        assert trained["signed_keys"] == "@signed_sequences" and "@signed_sequences" in scale.get("signed_keys", ""), \
+            f"{bundle}: the standard path does not scale a signed sequence as training does"
     assert "$@load_transforms" in train["train"]["preprocessing"]["transforms"]
     assert "$@load_transforms" in train["validate"]["preprocessing"]["transforms"]
     assert load(bundle, "evaluate")["evaluation"]["preprocessing"] == "@load_transforms"

@@ -170,6 +170,27 @@ def test_nnseq2seq_normalisation_range_and_clip():
     assert float(y[500]) == pytest.approx((v[500] - lo) / (hi - lo), rel=1e-5)  # 50.05 -> inside the range
 
 
+def test_signed_normalisation_keeps_zero_and_sign():
+    """A difference map (DCE wash-out) is scaled on (-h, h): h = 2 x p99 of |x|, 0 -> 0, the sign
+    kept; its noiseless twin follows it; a signed image scaled with an unsigned reference gets
+    (-hi, hi) of the reference; the inverse is exact inside the range."""
+    v = np.concatenate([np.linspace(-40, 40, 801), np.zeros(99)]).astype(np.float32)
+    ref = np.linspace(0, 200, 900).astype(np.float32)
+    t = ScalePercentiled(["w", "w_noiseless", "u", "c"], ref_keys=[None, "w", "r", None], signed_keys=["w", "u"], **PAPER)
+    d = t({"w": MetaTensor(torch.as_tensor(v)), "w_noiseless": torch.as_tensor(v / 2), "u": torch.as_tensor(v),
+           "r": torch.as_tensor(ref), "c": torch.as_tensor(np.abs(v))})
+    h = 2 * np.percentile(np.abs(v[v != 0]), 99)
+    assert d["w_scale"][:2] == (pytest.approx(-h), pytest.approx(h))
+    np.testing.assert_allclose(d["w"].numpy(), v / h, atol=1e-6)  # 0 -> 0, -x -> -(x / h)
+    np.testing.assert_allclose(d["w_noiseless"].numpy(), v / 2 / h, atol=1e-6)  # the twin: the same range
+    hr = 2 * np.percentile(ref[ref != 0], 99)
+    assert d["u_scale"][:2] == (pytest.approx(-hr), pytest.approx(hr))
+    np.testing.assert_allclose(d["u"].numpy(), v / hr, atol=1e-6)
+    assert d["c_scale"][0] == 0 and float(d["c"].min()) == -1.0  # unsigned keys unchanged
+    back = t.inverse({"w": d["w"]})["w"]
+    np.testing.assert_allclose(np.asarray(back), v, atol=1e-4)
+
+
 def test_normalisation_inverse_round_trip(tmp_path):
     arr = np.random.default_rng(0).uniform(0, 500, (8, 8, 4)).astype(np.float32)
     f = save_nifti(arr, np.eye(4), tmp_path / "C_t1.nii.gz")

@@ -105,7 +105,7 @@ def test_slab_inferer_returns_every_output_frame():
 
 
 def test_one_frame_series_equals_the_3d_path(brats_dir, tmp_path):
-    """T = 1 in and out: the 4D inference (stack, slab inferer, 4D file) gives the 3D path's synthesis."""
+    """T = 1 in and out: the 4D inference (stack, slab inferer, file) gives the 3D path's synthesis."""
     seqs = ["t1", "t1ce", "t2", "flair"]
     torch.manual_seed(0)
     net = Seq2Seq(spatial_dims=2, in_channels=3, out_channels=3, channels=(8, 16), num_res_blocks=1, num_kernels=2,
@@ -122,8 +122,8 @@ def test_one_frame_series_equals_the_3d_path(brats_dir, tmp_path):
     for case in ("C0", "C1"):
         a = nib.load(str(tmp_path / "3d" / case / f"{case}_t2_syn.nii.gz"))
         b = nib.load(str(tmp_path / "4d" / case / f"{case}_t2_syn.nii.gz"))
-        assert b.shape == (*a.shape, 1)
-        np.testing.assert_allclose(b.get_fdata()[..., 0], a.get_fdata(), rtol=1e-5, atol=1e-4)
+        assert b.shape == a.shape  # one frame without timing: a 3D image, as the 3D path writes
+        np.testing.assert_allclose(b.get_fdata(), a.get_fdata(), rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(b.affine, a.affine)
 
 
@@ -206,3 +206,74 @@ def test_slab_inferer_pads_up_to_a_minimum_size():
     torch.testing.assert_close(out, x * 2)
     SlabInferer(num_slices=3, divisible_by=4, min_size=6)(x, Net(), torch.tensor([0]))
     assert seen[-1] == (12, 8)  # at least 6, then a multiple of 4
+
+
+def _bundle_parser(names, **ids):
+    from monai.bundle import ConfigParser
+
+    from bundle_utils import BUNDLES
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / "seq2seq" / "configs" / f"{n}.json") for n in names])
+    for k, v in ids.items():
+        parser[k] = v
+    return parser
+
+
+def test_frames_to_washin_task(dce_data, tmp_path):
+    """dce_washin.json: the whole series (pre + post frames) -> the wash-in map, one output frame.
+    The map is scaled on (-h, h) of the pre-contrast frame's bound (0 stays 0, negative noise kept),
+    a training sample is T_in = 4 frames -> 1, the network maps it to one frame, and the synthesis
+    is a 3D map mapped back to the series' units; evaluation's baseline is the zero map."""
+    parser = _bundle_parser(["train", "quick", "dce", "dce_washin"], dataset_dir=str(dce_data),
+                            bundle_root=str(tmp_path), mlflow=False, lstm_layers=1)
+    d = Compose(parser.get_parsed_content("load_transforms"))(dict(parser.get_parsed_content("cases")[0]))
+    lo, hi = d["dce_washin_scale"][:2]
+    assert lo == -hi and hi == pytest.approx(d["dce_pre_scale"][1])
+    raw = nib.load(str(dce_data / "PHANTOM_0000" / "PHANTOM_0000_dce_washin.nii.gz")).get_fdata()
+    np.testing.assert_allclose(d["dce_washin"][0].numpy(), np.clip(raw, lo, hi) / hi, atol=1e-5)
+    assert float(d["dce_washin"].min()) < 0  # the map's negative noise is not clipped away
+    assert parser.get_parsed_content("target_code") == 5
+    sample = parser.get_parsed_content("augmentation")[0](d)[0]
+    k = parser.get_parsed_content("num_slices")
+    assert sample["image"].shape[0] == 4 * k and sample["label"].shape[0] == k
+    net = parser.get_parsed_content("network").eval()
+    with torch.no_grad():
+        y = net(sample["image"][None, :, :32, :32].float(), torch.tensor([5]))
+    assert y.shape == (1, k, 32, 32)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    syn = _bundle_parser(["inference", "quick", "dce", "dce_washin"], dataset_dir=str(dce_data),
+                         output_dir=str(tmp_path / "syn"), ckpt_path=str(tmp_path / "model.pt"), patch_size=[48, 48],
+                         lstm_layers=1)
+    [out] = [p for p in syn.get_parsed_content("synthesis").run() if "PHANTOM_0000" in p.name]
+    img = nib.load(str(out))
+    assert out.name == "PHANTOM_0000_dce_washin_syn.nii.gz" and img.shape == raw.shape  # 3D, the series' grid
+    side = json.loads(out.with_name("PHANTOM_0000_dce_washin_syn.json").read_text())
+    assert side["frame_times_s"] is None and side["inputs"] == ["dce_pre", "dce_post"]
+    assert np.abs(img.get_fdata()).max() <= side["scale"][1] + 1e-3  # mapped back on (-h, h)
+    ev = _bundle_parser(["train", "evaluate", "quick", "dce", "dce_washin"], dataset_dir=str(dce_data),
+                        bundle_root=str(tmp_path), mlflow=False).get_parsed_content("evaluation")
+    assert ev.copy_of == 0.0 and ev.regions == {} and ev.targets == ["dce_washin"]
+
+
+def test_dce_maps_rank_across_the_derived_sequences(dce_data, tmp_path):
+    """dce_maps.json: the 3D Seq2Seq over the structural sequences and the wash-in / wash-out maps;
+    the maps are signed (wash-out's negative values survive the scaling), every sequence has a code,
+    and a synthesized map is mapped back on a symmetric range."""
+    parser = _bundle_parser(["train", "quick", "dce_maps"], dataset_dir=str(dce_data), bundle_root=str(tmp_path),
+                            mlflow=False)
+    seqs = parser.get_parsed_content("sequences")
+    assert seqs[-2:] == ["dce_washin", "dce_washout"]
+    case = parser.get_parsed_content("cases")[0]
+    assert {"dce_washin", "dce_washout"} <= set(case)
+    d = Compose(parser.get_parsed_content("load_transforms"))(dict(case))
+    lo, hi = d["dce_washout_scale"][:2]
+    raw = nib.load(str(case["dce_washout"])).get_fdata()
+    assert lo == -hi and (raw < 0).sum() > 0.2 * (raw != 0).sum()
+    np.testing.assert_allclose(d["dce_washout"][0].numpy(), np.clip(raw, lo, hi) / hi, atol=1e-5)
+    assert d["t1_scale"][0] == 0  # the structural sequences keep the papers' scaling
+    syn = _bundle_parser(["inference", "quick", "dce_maps"], dataset_dir=str(dce_data), output_dir=str(tmp_path),
+                         target="dce_washout")
+    assert syn.get_parsed_content("synthesis").signed_target
+    assert not _bundle_parser(["inference", "quick", "dce_maps"], dataset_dir=str(dce_data), output_dir=str(tmp_path),
+                              target="t2").get_parsed_content("synthesis").signed_target

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""4D synthesis on the phantom's DCE series: train the Seq2Seq bundle's 4D configuration
-(``configs/dce.json``, pre-contrast frame + T2 -> the post-contrast frames), evaluate it on unseen
-subjects and print the tables of ``bundles/seq2seq/docs/README.md``.
+"""The Seq2Seq bundle on the phantom's DCE series: train a configuration, evaluate it on unseen
+subjects and print the tables of ``bundles/seq2seq/docs/README.md``. Tasks (``--task``):
 
-    python tools/benchmark_dce.py --out dce_bench [--train 8 --test 3 --frames 6 --epochs 60] [--report dce.md]
+- ``post`` (``configs/dce.json``): pre-contrast frame + T2 -> the post-contrast frames (4D);
+- ``washin`` (``dce.json`` + ``dce_washin.json``): the whole series -> its wash-in map (4D -> 3D);
+- ``maps`` (``dce_maps.json``): the 3D Seq2Seq over T1, T1Gd, T2, FLAIR and the series' wash-in and
+  wash-out maps, every pair, and the contribution ranking across them.
 
-Every step is the bundle run through ``python -m monai.bundle run`` (train.json + quick.json +
-dce.json, then inference.json and train.json + evaluate.json with the same stack).
+    python tools/benchmark_dce.py --out dce_bench [--task post --train 8 --test 3 --frames 6 --epochs 60] [--report dce.md]
+
+Every step is the bundle run through ``python -m monai.bundle run`` (train.json + quick.json + the
+task's configs, then inference.json and train.json + evaluate.json with the same stack).
 """
 
 from __future__ import annotations
@@ -32,14 +36,15 @@ def bundle_run(configs: list[str], *args: str) -> float:
     return time.time() - start
 
 
-def tables(summary: dict, frames_s: list[float]) -> str:
-    lines = ["| frame | time (s) | PSNR, synthesis | PSNR, copy baseline | noise-floor limit |", "|---|---|---|---|---|"]
+def tables(summary: dict, frames_s: list, baseline: str = "copy baseline") -> str:
+    lines = [f"| frame | time (s) | PSNR, synthesis | PSNR, {baseline} | noise-floor limit |", "|---|---|---|---|---|"]
     for f, row in summary["per_frame"].items():
         t = frames_s[int(f)] if int(f) < len(frames_s) else "-"
         lines.append(f"| {f} | {t} | {row['psnr']:.2f} | {row['psnr_copy']:.2f} | {row['psnr_limit']:.2f} |")
     lines.append(f"| mean | | {summary['psnr']:.2f} | {summary['psnr_copy']:.2f} | {summary['psnr_limit']:.2f} |")
-    lines += ["", "| region / method | curve error (% of baseline) | peak-enhancement error (points) | time-to-peak error (s) |",
-              "|---|---|---|---|"]
+    if summary["curves"]:
+        lines += ["", "| region / method | curve error (% of baseline) | peak-enhancement error (points) | time-to-peak error (s) |",
+                  "|---|---|---|---|"]
     for key, v in summary["curves"].items():
         lines.append(f"| {key} | {v['curve_error_pct']:.1f} | {v['peak_enhancement_error_pct']:+.1f} | "
                      f"{v['time_to_peak_error_s']:.0f} |")
@@ -49,9 +54,30 @@ def tables(summary: dict, frames_s: list[float]) -> str:
     return "\n".join(lines)
 
 
+TASKS = {"post": ["dce.json"], "washin": ["dce.json", "dce_washin.json"], "maps": ["dce_maps.json"]}
+
+
+def maps_tables(summary: dict) -> str:
+    """Per pair r and PSNR inside the brain against the noiseless target beside the remap baseline, and the ranking."""
+    lines = ["| source -> target | r | r, remap baseline | PSNR vs noiseless, brain | PSNR, remap baseline | copy-source PSNR (whole volume) | PSNR (whole volume) |",
+             "|---|---|---|---|---|---|---|"]
+    for pair, m in summary["pairs"].items():
+        lines.append(f"| {pair} | {m['r_brain']:.3f} | {m['affine_r_brain']:.3f} | {m['psnr_clean_brain']:.2f} | "
+                     f"{m['affine_psnr_clean_brain']:.2f} | {m['copy_psnr']:.2f} | {m['psnr']:.2f} |")
+    c = summary["contribution"]
+    lines += ["", "| sequence | C_t (generates the others) | C_d (hard to generate) |", "|---|---|---|"]
+    for name in c["rank_d"]:
+        lines.append(f"| {name} | {c['C_t'][name]:+.2f} | {c['C_d'][name]:+.2f} |")
+    lines += ["", f"Ranking by C_d (hardest to generate first): {' > '.join(c['rank_d'])}; by C_t: {' > '.join(c['rank_t'])}."]
+    for region, rc in (summary.get("contribution_regions") or {}).items():
+        lines.append(f"- {region}: C_d {' > '.join(rc['rank_d'])}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--task", choices=sorted(TASKS), default="post")
     ap.add_argument("--train", type=int, default=8, help="training subjects")
     ap.add_argument("--test", type=int, default=3, help="unseen test subjects")
     ap.add_argument("--frames", type=int, default=6, help="post-contrast frames")
@@ -70,24 +96,31 @@ def main(argv=None) -> int:
     dce = {"frames": args.frames, "interval_s": args.interval}
     for name, n, seed in (("train", args.train, 0), ("test", args.test, 1000)):
         if not (out / name / "phantom.json").is_file():
-            write_dataset(out / name, subjects=n, spacing=args.spacing, seed=seed, sequences=("t1", "t2"), dce=dce,
+            write_dataset(out / name, subjects=n, spacing=args.spacing, seed=seed,
+                          sequences=("t1", "t1ce", "t2", "flair") if args.task == "maps" else ("t1", "t2"), dce=dce,
                           progress=False)
     extra = [a for kv in args.set for a in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
-    common = [*extra, "--out_frames", str(args.frames), "--bundle_root", str(out / "bundle"), "--mlflow", "false"]
+    frames_out = {"post": args.frames, "washin": 1}.get(args.task)
+    common = [*extra, *(["--out_frames", str(frames_out)] if frames_out else []), "--bundle_root", str(out / "bundle"),
+              "--mlflow", "false"]
     (out / "bundle").mkdir(parents=True, exist_ok=True)
-    t_train = bundle_run(["train.json", "quick.json", "dce.json"], "--dataset_dir", str(out / "train"), "--max_epochs",
+    task = TASKS[args.task]
+    t_train = bundle_run(["train.json", "quick.json", *task], "--dataset_dir", str(out / "train"), "--max_epochs",
                          str(args.epochs), "--val_interval", "10", "--output_dir", str(out / "train_out"), *common)
-    t_eval = bundle_run(["train.json", "evaluate.json", "quick.json", "dce.json"], "--dataset_dir", str(out / "test"),
+    t_eval = bundle_run(["train.json", "evaluate.json", "quick.json", *task], "--dataset_dir", str(out / "test"),
                         "--output_dir", str(out / "eval"), "--ckpt_path", str(out / "bundle" / "models" / "model.pt"),
                         *common)
-    bundle_run(["inference.json", "quick.json", "dce.json"], "--dataset_dir", str(out / "test"), "--output_dir",
-               str(out / "synth"), "--ckpt_path", str(out / "bundle" / "models" / "model.pt"), *common[:-2])
+    if args.task != "maps":
+        bundle_run(["inference.json", "quick.json", *task], "--dataset_dir", str(out / "test"), "--output_dir",
+                   str(out / "synth"), "--ckpt_path", str(out / "bundle" / "models" / "model.pt"), *common[:-2])
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    frames_s = [args.interval * (i + 1) for i in range(args.frames)]
-    text = (f"{args.train} training and {args.test} unseen test subjects at {args.spacing:g} mm, {args.frames} "
-            f"post-contrast frames every {args.interval:g} s; {args.epochs} epochs ({t_train / 60:.1f} min), "
-            f"evaluation {t_eval / 60:.1f} min; settings: {' '.join(args.set) or 'quick.json'}.\n\n"
-            + tables(summary, frames_s))
+    frames_s = [args.interval * (i + 1) for i in range(args.frames)] if args.task == "post" else ["map"]
+    text = (f"Task {args.task} ({' + '.join(['train.json', 'quick.json', *task])}): {args.train} training and "
+            f"{args.test} unseen test subjects at {args.spacing:g} mm, a series of 1 + {args.frames} frames every "
+            f"{args.interval:g} s; {args.epochs} epochs ({t_train / 60:.1f} min), evaluation {t_eval / 60:.1f} min; "
+            f"settings: {' '.join(args.set) or 'quick.json'}.\n\n"
+            + (maps_tables(summary) if args.task == "maps" else
+               tables(summary, frames_s, "zero-map baseline" if args.task == "washin" else "copy baseline")))
     print(text)
     if args.report:
         args.report.write_text(text + "\n")

@@ -2,6 +2,9 @@
 
 - Seq2Seq family: clip to ``[0, 2 x p99]`` and map to ``[-1, 1]``  (:data:`PAPER`).
 - nnSeq2Seq: clip to ``[p0.5, 1.25 x p99.5]`` and map to ``[0, 1]`` (:data:`NNSEQ2SEQ`).
+- Signed images (difference maps such as a DCE series' wash-in and wash-out, whose sign is the
+  information): clip to ``[-h, h]``, ``h`` = factor x the upper percentile of ``|x|``, so that 0
+  maps to the middle of the output range.
 
 The mapping's parameters are recorded with MONAI's transform tracing, so
 :class:`monai.transforms.Invertd` (or :meth:`ScalePercentiled.inverse`) brings a network's
@@ -27,8 +30,9 @@ PAPER = dict(lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, b_m
 NNSEQ2SEQ = dict(lower_percentile=0.5, upper_percentile=99.5, upper_factor=1.25, b_min=0.0, b_max=1.0)
 
 
-def percentile_range(x, lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, nonzero=True):
-    """Return ``(lo, hi)``: ``lo`` = the lower percentile (0 when None), ``hi`` = factor x upper percentile.
+def percentile_range(x, lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, nonzero=True, signed=False):
+    """Return ``(lo, hi)``: ``lo`` = the lower percentile (0 when None), ``hi`` = factor x upper percentile;
+    ``signed``: ``(-h, h)`` with ``h`` = factor x the upper percentile of ``|x|`` (the lower percentile unused).
 
     Percentiles are taken over non-zero voxels when ``nonzero`` (zero-filled background and
     padding do not count), over all voxels otherwise.
@@ -38,7 +42,10 @@ def percentile_range(x, lower_percentile=None, upper_percentile=99.0, upper_fact
     if nonzero:
         v = v[v != 0]
     if v.size == 0:
-        return 0.0, 1.0
+        return (-1.0, 1.0) if signed else (0.0, 1.0)
+    if signed:
+        h = upper_factor * float(np.percentile(np.abs(v), upper_percentile))
+        return (-h, h) if h > 0 else (-1.0, 1.0)
     lo = 0.0 if lower_percentile is None else float(np.percentile(v, lower_percentile))
     hi = upper_factor * float(np.percentile(v, upper_percentile))
     if not hi > lo:
@@ -69,6 +76,10 @@ class ScalePercentiled(MapTransform, InvertibleTransform):
         upper_percentile, upper_factor: upper clip = factor x percentile.
         b_min, b_max: output range.
         nonzero: compute percentiles over non-zero voxels only.
+        signed_keys: images whose range is symmetric about 0, ``(-h, h)``: difference maps such
+            as ``dce_washout``. With its own statistics ``h`` comes from ``|x|``
+            (:func:`percentile_range` ``signed``); with a reference key, ``h`` is the reference's
+            upper bound. A key's ``_noiseless`` twin follows the key.
 
     The parameters used are kept (``<key>_scale`` = ``(lo, hi, b_min, b_max)``) and traced for
     :meth:`inverse`.
@@ -85,6 +96,7 @@ class ScalePercentiled(MapTransform, InvertibleTransform):
         b_max: float = 1.0,
         nonzero: bool = True,
         allow_missing_keys: bool = True,
+        signed_keys=(),
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         n = len(self.keys)
@@ -94,9 +106,15 @@ class ScalePercentiled(MapTransform, InvertibleTransform):
         self.lower_percentile, self.upper_percentile = lower_percentile, upper_percentile
         self.upper_factor, self.nonzero = upper_factor, nonzero
         self.b_min, self.b_max = float(b_min), float(b_max)
+        self.signed_keys = {str(k) for k in ([signed_keys] if isinstance(signed_keys, str) else signed_keys or ())}
 
-    def _range(self, x):
-        return percentile_range(x, self.lower_percentile, self.upper_percentile, self.upper_factor, self.nonzero)
+    def is_signed(self, key) -> bool:
+        key = str(key)
+        return key in self.signed_keys or (key.endswith("_noiseless") and key[: -len("_noiseless")] in self.signed_keys)
+
+    def _range(self, x, key=None):
+        return percentile_range(x, self.lower_percentile, self.upper_percentile, self.upper_factor, self.nonzero,
+                                signed=self.is_signed(key))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -106,9 +124,11 @@ class ScalePercentiled(MapTransform, InvertibleTransform):
             if src not in d:
                 raise DataError(f"reference key {src!r} for {key!r} is missing from the case")
             if src not in ranges:
-                ranges[src] = self._range(d[src])
+                ranges[src] = self._range(d[src], src)
         for key, ref in self.key_iterator(d, self.ref_keys):
             lo, hi = ranges[key if ref is None else ref]
+            if self.is_signed(key) and lo != -hi:  # a signed image scaled with an unsigned reference's range
+                lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
             x = d[key]
             d[key] = apply_range(x, lo, hi, self.b_min, self.b_max)
             d[f"{key}_scale"] = (lo, hi, self.b_min, self.b_max)

@@ -114,7 +114,7 @@ class VolumeEvaluation:
         for t in (load_transforms or []):
             if isinstance(t, ScalePercentiled):
                 scale = dict(lower_percentile=t.lower_percentile, upper_percentile=t.upper_percentile,
-                             upper_factor=t.upper_factor, b_min=t.b_min, b_max=t.b_max)
+                             upper_factor=t.upper_factor, b_min=t.b_min, b_max=t.b_max, signed_keys=sorted(t.signed_keys))
         noiseless = [f"{s}_noiseless" for s in self.sequences]
         return Compose([
             LoadSequencesd(self.sequences + noiseless + ["seg", "tissue", "fractions"]),

@@ -26,8 +26,11 @@ logger = logging.getLogger(__name__)
 
 def _save_series(array: np.ndarray, affine, dest: Path, interval_s: float | None) -> Path:
     """``array`` ``(T, X, Y, Z)`` as a 4D NIfTI ``(X, Y, Z, T)``; the fourth voxel size is the frame
-    interval in seconds when known."""
+    interval in seconds when known. One frame without timing (a derived map such as wash-in) is
+    written as a 3D image."""
     data = np.moveaxis(np.asarray(array, dtype=np.float32), 0, -1)
+    if data.shape[-1] == 1 and not interval_s:
+        data = data[..., 0]
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     img.set_data_dtype(np.float32)
     if interval_s:
@@ -44,7 +47,8 @@ class SeriesInference:
     -> ``(1, T_out, X, Y, Z)``, e.g. :class:`~mrsynth.inferers.SlabInferer` with ``out_frames``),
     map them back to the intensity scale of ``scale_of`` and write
     ``<output_dir>/<case>/<case>_<output_name>_syn.nii.gz``: a 4D NIfTI on the first input's grid,
-    the frame interval as its fourth voxel size, with a JSON sidecar (inputs, code, frame times).
+    the frame interval as its fourth voxel size, with a JSON sidecar (inputs, code, frame times); a
+    single output frame without timing (a map) is a 3D NIfTI.
 
     Args:
         network: the series network (weights from ``ckpt_path`` at :meth:`run`).
@@ -57,6 +61,9 @@ class SeriesInference:
         preprocessing: loading (:class:`~mrsynth.transforms.LoadSequencesd` with ``series``),
             :class:`~mrsynth.transforms.SplitFramesd` and scaling.
         scale_of: the image whose scale the output is mapped back with (default the first input).
+        signed_output: the output is a signed map, trained on the range ``(-h, h)`` of the
+            ``scale_of`` image's upper bound ``h`` (:class:`~mrsynth.transforms.ScalePercentiled`
+            ``signed_keys``), and mapped back with it.
         frame_times_from: ``(series, frames)``: the output frames' times are those ``frames``
             (:func:`~mrsynth.transforms.parse_frames`) of the series' sidecar ``frame_times_s``
             (e.g. ``("dce", "1:")``); ``None``: no timing.
@@ -68,7 +75,7 @@ class SeriesInference:
 
     def __init__(self, network, inferer, sequences, inputs, code: int, output_name: str, dataset_dir, output_dir,
                  preprocessing, ckpt_path=None, device="cpu", layout: str = "auto", scale_of: str | None = None,
-                 frame_times_from=None):
+                 frame_times_from=None, signed_output: bool = False):
         self.network, self.inferer = network, inferer
         self.sequences = [str(s).lower() for s in sequences]
         self.inputs, self.code, self.output_name = [str(s) for s in inputs], int(code), str(output_name)
@@ -76,6 +83,7 @@ class SeriesInference:
         self.preprocessing, self.ckpt_path, self.device = preprocessing, ckpt_path, torch.device(device)
         self.scale_of = scale_of or self.inputs[0]
         self.frame_times_from = tuple(frame_times_from) if frame_times_from else None
+        self.signed_output = bool(signed_output)
 
     def cases(self) -> list[dict]:
         return list_cases(self.dataset_dir, self.sequences, layout=self.layout)
@@ -110,6 +118,8 @@ class SeriesInference:
         d = self.preprocessing(dict(case))
         pred = self.synthesize(d).numpy()
         lo, hi, b_min, b_max = d[f"{self.scale_of}_scale"]
+        if self.signed_output:
+            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
         ref = d[self.inputs[0]]
         times = self.frame_times(case)
         if times is not None and len(times) != pred.shape[0]:
@@ -172,19 +182,20 @@ class SeriesEvaluation(SeriesInference):
 
     Args:
         targets: the truth's images in order (``dce_post``); their ``_noiseless`` twins are read.
-        copy_of: the input used as the copy baseline (default the first input).
-        regions: name -> label value of ``seg``.
+        copy_of: the input used as the copy baseline (default the first input), or a number: a
+            constant image on the network's scale (``0.0`` for a signed map: "no enhancement").
+        regions: name -> label value of ``seg`` (``{}``: no curve, e.g. for a one-frame map).
         other arguments: as :class:`SeriesInference`.
 
     Writes ``<output_dir>/series_metrics.csv`` (one row per case and frame), ``curves.csv`` (per
     case and region) and ``summary.json`` (means, and the contribution ranking).
     """
 
-    def __init__(self, *args, targets=("dce_post",), copy_of: str | None = None, regions=None, **kwargs):
+    def __init__(self, *args, targets=("dce_post",), copy_of: str | float | None = None, regions=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.targets = [str(t) for t in targets]
-        self.copy_of = copy_of or self.inputs[0]
-        self.regions = dict(regions or {"enhancing": 4})
+        self.copy_of = self.inputs[0] if copy_of is None else copy_of
+        self.regions = {"enhancing": 4} if regions is None else dict(regions)
 
     def _score(self, case: dict) -> tuple[list[dict], list[dict], dict]:
         d = self.preprocessing(dict(case))
@@ -195,7 +206,10 @@ class SeriesEvaluation(SeriesInference):
         pred = self.synthesize(d, x).numpy()
         if pred.shape != truth.shape:
             raise DataError(f"the network gives {pred.shape[0]} frames, the truth has {truth.shape[0]}", cid)
-        copy = np.broadcast_to(torch.as_tensor(d[self.copy_of]).numpy()[:1], truth.shape)
+        if isinstance(self.copy_of, (int, float)):
+            copy = np.full(truth.shape, float(self.copy_of), dtype=np.float32)
+        else:
+            copy = np.broadcast_to(torch.as_tensor(d[self.copy_of]).numpy()[:1], truth.shape)
         brain = np.asarray(d["tissue"][0] > 0) if "tissue" in d else np.asarray(truth[0] > -0.99)
         times = self.frame_times(case) or list(range(truth.shape[0]))
         rows = []

@@ -129,6 +129,9 @@ class SynthesisInference:
         self.preprocessing = preprocessing or Compose(
             [LoadSequencesd(self.sequences), ScalePercentiled(self.sequences, **PAPER)]
         )
+        transforms = getattr(self.preprocessing, "transforms", None) or [self.preprocessing]
+        #: the target is a signed map (ScalePercentiled signed_keys): mapped back on (-h, h) of the source's bound h
+        self.signed_target = any(isinstance(t, ScalePercentiled) and t.is_signed(self.target) for t in transforms)
 
     def sources_for(self, case: dict) -> list[str]:
         """The sequences used as sources for ``case``."""
@@ -209,6 +212,8 @@ class SynthesisInference:
         d, sources, dropped = self._load(case, self.sources_for(case))
         pred = synthesize(self.network, self.inferer, self.condition, d, sources, self.sequences, self.device)[0].numpy()
         lo, hi, b_min, b_max = d[f"{sources[0]}_scale"]
+        if self.signed_target:
+            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
         ref = d[sources[0]]
         affine, shape = self.condition.geometry(np.asarray(ref.affine), ref.shape[1:])
         if tuple(pred.shape) != tuple(shape):
