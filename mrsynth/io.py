@@ -1,14 +1,17 @@
 """NIfTI and JSON input/output with clear errors and atomic writes.
 
 Reading: :func:`load_nifti` raises :class:`~mrsynth.errors.DataError` naming the file for an
-unreadable file or NaN/Inf voxels. Writing: :func:`save_nifti` and :func:`save_json` write to a
+unreadable file or NaN/Inf voxels. Writing: :func:`save_nifti`, :func:`save_series` (4D, with the
+frame interval), :func:`save_json` and :func:`write_csv` write to a
 temporary name beside the destination and move it into place, so a crash never leaves a
 half-written file and never clobbers a good one.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -19,7 +22,7 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["load_nifti", "save_nifti", "save_json", "atomic_path"]
+__all__ = ["load_nifti", "save_nifti", "save_series", "save_json", "write_csv", "atomic_path"]
 
 
 def load_nifti(path, dtype=np.float32, check_finite: bool = True):
@@ -65,6 +68,38 @@ def save_nifti(array, affine, dest, header=None, dtype=np.float32) -> Path:
     with atomic_path(dest) as tmp:
         nib.save(img, str(tmp))
     return Path(dest)
+
+
+def save_series(array, affine, dest, interval_s: float | None = None) -> Path:
+    """Write a dynamic series ``array`` ``(X, Y, Z, T)`` as a 4D NIfTI atomically; the frame
+    interval in seconds, when known, is its fourth voxel size (time unit: seconds)."""
+    img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    img.set_data_dtype(np.float32)
+    if interval_s:
+        img.header.set_zooms((*img.header.get_zooms()[:3], float(interval_s)))
+        img.header.set_xyzt_units("mm", "sec")
+    with atomic_path(dest, ".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+    return Path(dest)
+
+
+def _cell(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return v if isinstance(v, (str, int)) else f"{v:.6g}"
+
+
+def write_csv(rows, path, columns=None) -> Path:
+    """Write ``rows`` (dicts) as CSV atomically: ``columns`` (default the first row's keys), numbers
+    with 6 significant digits, empty cells for missing values and NaN."""
+    rows = list(rows)
+    columns = list(rows[0]) if columns is None else list(columns)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in columns])
+    return Path(path)
 
 
 def save_json(obj, dest, indent: int = 2) -> Path:

@@ -1098,9 +1098,7 @@ DCE_IMAGES = ("dce", "dce_washin", "dce_washout")
 def save_dce(subject: PhantomSubject, folder, case: str) -> list[Path]:
     """Write a subject's DCE series (4D, frame interval as the fourth voxel size, in seconds) and
     its derived maps, with noiseless twins and sidecars, as ``<folder>/<case>_<name>...``."""
-    import nibabel as nib
-
-    from ..io import atomic_path
+    from ..io import save_series
 
     folder = Path(folder)
     written = []
@@ -1109,13 +1107,7 @@ def save_dce(subject: PhantomSubject, folder, case: str) -> list[Path]:
         for suffix, arrays in (("", subject.images), ("_noiseless", subject.noiseless)):
             dest = folder / f"{case}_{name}{suffix}.nii.gz"
             if name == "dce":
-                img = nib.Nifti1Image(np.asarray(arrays[name], dtype=np.float32), subject.affine)
-                zooms = img.header.get_zooms()
-                img.header.set_zooms((*zooms[:3], interval))
-                img.header.set_xyzt_units("mm", "sec")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(dest, ".nii.gz") as tmp:
-                    nib.save(img, str(tmp))
+                save_series(arrays[name], subject.affine, dest, interval)
             else:
                 save_nifti(arrays[name], subject.affine, dest)
             written.append(dest)

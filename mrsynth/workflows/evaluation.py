@@ -29,7 +29,6 @@ Outputs in ``output_dir``:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from scipy.ndimage import binary_fill_holes
 from skimage.filters import threshold_otsu
 
 from ..handlers.progress import CaseProgress
-from ..io import atomic_path, save_json, save_nifti
+from ..io import save_json, save_nifti, write_csv
 from ..metrics import (LPIPS, RATIOS, affine_remap_baseline, contrast_ratios, contribution_ranking,
                        differentiation_map, pearson_r, psnr, rician_mean, rician_sigma, save_map_preview, save_pair_grid,
                        ssim, ssim_map, synthesis_checks, tissue_oracle, worst_ratio, write_contribution)
@@ -73,10 +72,6 @@ def foreground_mask(volumes: list[np.ndarray]) -> np.ndarray:
     for z in range(mask.shape[-1]):
         mask[..., z] = binary_fill_holes(mask[..., z])
     return mask
-
-
-def _fmt(v) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
 
 
 class VolumeEvaluation:
@@ -245,12 +240,7 @@ class VolumeEvaluation:
 
     def write_csv(self, rows: list[dict], path, columns: list[str] | None = None) -> None:
         """Write ``rows`` as CSV with ``columns`` (default :attr:`columns`; empty cells for missing values)."""
-        columns = self.columns if columns is None else columns
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(columns)
-            for r in rows:
-                w.writerow([r.get(c) if isinstance(r.get(c), (str, int)) else _fmt(r.get(c)) for c in columns])
+        write_csv(rows, path, self.columns if columns is None else columns)
 
     def save_map(self, volume, affine, name: str, preview: bool, title: str) -> None:
         out = self.output_dir / "maps" / f"{name}.nii.gz"

@@ -8,13 +8,12 @@ import json
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from ..data import list_cases
 from ..errors import DataError
-from ..io import atomic_path, save_json
+from ..io import save_json, save_nifti, save_series, write_csv
 from ..metrics.image import psnr
 from ..transforms import invert_range, parse_frames, stack_frames
 from .synthesis import load_weights
@@ -30,15 +29,8 @@ def _save_series(array: np.ndarray, affine, dest: Path, interval_s: float | None
     written as a 3D image."""
     data = np.moveaxis(np.asarray(array, dtype=np.float32), 0, -1)
     if data.shape[-1] == 1 and not interval_s:
-        data = data[..., 0]
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-    img.set_data_dtype(np.float32)
-    if interval_s:
-        img.header.set_zooms((*img.header.get_zooms()[:3], float(interval_s)))
-        img.header.set_xyzt_units("mm", "sec")
-    with atomic_path(dest, ".nii.gz") as tmp:
-        nib.save(img, str(tmp))
-    return Path(dest)
+        return save_nifti(data[..., 0], affine, dest)
+    return save_series(data, affine, dest, interval_s)
 
 
 class SeriesInference:
@@ -241,16 +233,6 @@ class SeriesEvaluation(SeriesInference):
             contrib[name] = full - float(np.mean([psnr(po[f], truth[f], 2.0, brain) for f in range(truth.shape[0])]))
         return rows, curves, contrib
 
-    @staticmethod
-    def write_csv(rows: list[dict], path) -> Path:
-        import csv
-
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-        return Path(path)
-
     def run(self) -> dict:
         self.prepare()
         rows, curves, contribs, skipped = [], [], [], []
@@ -270,9 +252,9 @@ class SeriesEvaluation(SeriesInference):
         if not rows:
             raise DataError("no case with the series truth (" + ", ".join(self.targets) + ") to evaluate", self.dataset_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.write_csv(rows, self.output_dir / "series_metrics.csv")
+        write_csv(rows, self.output_dir / "series_metrics.csv")
         if curves:
-            self.write_csv(curves, self.output_dir / "curves.csv")
+            write_csv(curves, self.output_dir / "curves.csv")
         frames = sorted({r["frame"] for r in rows})
         per_frame = {f: {k: float(np.mean([r[k] for r in rows if r["frame"] == f])) for k in ("psnr", "psnr_copy", "psnr_limit")}
                      for f in frames}

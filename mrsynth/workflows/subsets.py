@@ -23,10 +23,10 @@ import logging
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from ..io import atomic_path, write_csv
 from ..metrics import psnr, ssim
 from ..metrics import synthesis_checks
-from .evaluation import CONTRAST_COLUMNS, VolumeEvaluation, _fmt, format_contrast_table, mean_of
+from .evaluation import CONTRAST_COLUMNS, VolumeEvaluation, format_contrast_table, mean_of
 from .synthesis import load_weights, synthesize_volume
 
 __all__ = ["SubsetEvaluation", "weight_table"]
@@ -176,10 +176,7 @@ class SubsetEvaluation(VolumeEvaluation):
     def _write_weights(self) -> None:
         table = weight_table(self.network, self.sequences)
         cols = ["sources", "target"] + [f"w_{s}" for s in self.sequences]
-        with atomic_path(self.output_dir / "weights.csv") as tmp, open(tmp, "w") as f:
-            f.write(",".join(cols) + "\n")
-            for r in table:
-                f.write(",".join(r[c] if isinstance(r[c], str) else _fmt(r[c]) for c in cols) + "\n")
+        write_csv(table, self.output_dir / "weights.csv", cols)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
