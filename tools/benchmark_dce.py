@@ -74,6 +74,48 @@ def maps_tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def picture(test_dir: Path, synth_dir: Path, task: str, dest: Path) -> Path:
+    """The first test subject at the axial slice with the most enhancing tumour: for ``washin`` the
+    map from the noisy frames (the formula), the synthesis, the noiseless truth and their
+    difference; for ``post`` the true and synthesized first, middle and last post-contrast frames."""
+    import nibabel as nib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    case = sorted(p.name for p in test_dir.iterdir() if p.is_dir())[0]
+    load = lambda path: np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)  # noqa: E731
+    seg = load(test_dir / case / f"{case}_seg.nii.gz")
+    z = int(np.argmax((seg == 4).sum(axis=(0, 1))))
+    if task == "washin":
+        noisy, truth = (load(test_dir / case / f"{case}_dce_washin{s}.nii.gz")[..., z] for s in ("", "_noiseless"))
+        syn = load(synth_dir / case / f"{case}_dce_washin_syn.nii.gz")[..., z]
+        panels = [("wash-in from the noisy frames", noisy), ("synthesis", syn), ("truth (noiseless)", truth),
+                  ("synthesis - truth", syn - truth)]
+        rows = [panels]
+        vmax = float(np.percentile(np.abs(truth), 99.5))
+    else:
+        truth = load(test_dir / case / f"{case}_dce_noiseless.nii.gz")[..., z, 1:]
+        syn = load(synth_dir / case / f"{case}_dce_post_syn.nii.gz")[..., z, :]
+        idx = sorted({0, truth.shape[-1] // 2, truth.shape[-1] - 1})
+        rows = [[(f"truth, frame {i + 1}", truth[..., i]) for i in idx], [(f"synthesis, frame {i + 1}", syn[..., i]) for i in idx]]
+        vmax = float(np.percentile(truth, 99.5))
+    fig = Figure(figsize=(3 * len(rows[0]), 3.2 * len(rows)))
+    FigureCanvasAgg(fig)
+    for r, row in enumerate(rows):
+        for c, (title, img) in enumerate(row):
+            ax = fig.add_subplot(len(rows), len(row), r * len(row) + c + 1)
+            signed = task == "washin"
+            ax.imshow(np.rot90(img), cmap="RdBu_r" if signed else "gray", vmin=-vmax if signed else 0, vmax=vmax)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"{case}, axial slice {z} ({task})", fontsize=10)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(dest), dpi=90)
+    return dest
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -85,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--spacing", type=float, default=4.0)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--report", type=Path, default=None)
+    ap.add_argument("--picture", type=Path, default=None, help="PNG of the first test subject (post, washin)")
     ap.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE",
                     help="more config ids for every run, e.g. lstm_layers=1 samples_per_case=2")
     args = ap.parse_args(argv)
@@ -121,6 +164,8 @@ def main(argv=None) -> int:
             f"settings: {' '.join(args.set) or 'quick.json'}.\n\n"
             + (maps_tables(summary) if args.task == "maps" else
                tables(summary, frames_s, "zero-map baseline" if args.task == "washin" else "copy baseline")))
+    if args.picture and args.task != "maps":
+        picture(out / "test", out / "synth", args.task, args.picture)
     print(text)
     if args.report:
         args.report.write_text(text + "\n")
