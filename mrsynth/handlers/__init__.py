@@ -1,5 +1,6 @@
 """Ignite handlers and helpers that MONAI does not provide (MLflow extras, checkpoint lookup, a
-DDP replica check, one console line per epoch: :mod:`mrsynth.handlers.progress`)."""
+DDP replica check, one console line per epoch: :mod:`mrsynth.handlers.progress`, a learning-rate
+schedule that follows a resumed run's ``max_epochs``: :class:`ScheduleHorizon`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import re
 from pathlib import Path
 
 from .distributed import check_ranks_in_sync, shutdown_distributed
+from .schedule import ScheduleHorizon
 
-__all__ = ["latest_checkpoint", "check_ranks_in_sync", "shutdown_distributed"]
+__all__ = ["latest_checkpoint", "check_ranks_in_sync", "shutdown_distributed", "ScheduleHorizon"]
 
 
 def latest_checkpoint(ckpt_dir, prefix: str = "checkpoint") -> str | None:
