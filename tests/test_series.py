@@ -175,6 +175,11 @@ def test_dce_bundle_trains_infers_and_evaluates(dce_data, tmp_path):
     assert summary["psnr_limit"] > summary["psnr_copy"]  # the noisy truth beats copying the pre-contrast frame
     assert sorted(summary["contribution_ranking"]) == ["dce_pre", "t2"]
     assert "enhancing/synthesis" in summary["curves"] and "enhancing/copy" in summary["curves"]
+    # whether the tumour is there: r inside the brain and the means per region, beside the truth's
+    assert -1 <= summary["r"] <= 1 and summary["r_limit"] > 0.5
+    means = summary["region_means"]["enhancing"]
+    assert means["truth"] > summary["region_means"]["rest of brain"]["truth"]  # the rim enhances
+    assert means["limit"] == pytest.approx(means["truth"], abs=0.05)  # noise averages out
     rows = (tmp_path / "eval" / "series_metrics.csv").read_text().splitlines()
     assert rows[0].startswith("case,frame,time_s,psnr") and len(rows) == 1 + 3 * 3
 
@@ -253,7 +258,7 @@ def test_frames_to_washin_task(dce_data, tmp_path):
     assert np.abs(img.get_fdata()).max() <= side["scale"][1] + 1e-3  # mapped back on (-h, h)
     ev = _bundle_parser(["train", "evaluate", "quick", "dce", "dce_washin"], dataset_dir=str(dce_data),
                         bundle_root=str(tmp_path), mlflow=False).get_parsed_content("evaluation")
-    assert ev.copy_of == 0.0 and ev.regions == {} and ev.targets == ["dce_washin"]
+    assert ev.copy_of == 0.0 and ev.targets == ["dce_washin"] and ev.frame_times_from is None
 
 
 def test_dce_maps_rank_across_the_derived_sequences(dce_data, tmp_path):

@@ -42,6 +42,11 @@ def tables(summary: dict, frames_s: list, baseline: str = "copy baseline") -> st
         t = frames_s[int(f)] if int(f) < len(frames_s) else "-"
         lines.append(f"| {f} | {t} | {row['psnr']:.2f} | {row['psnr_copy']:.2f} | {row['psnr_limit']:.2f} |")
     lines.append(f"| mean | | {summary['psnr']:.2f} | {summary['psnr_copy']:.2f} | {summary['psnr_limit']:.2f} |")
+    lines.append(f"| r inside the brain | | {summary['r']:.3f} | {summary['r_copy']:.3f} | {summary['r_limit']:.3f} |")
+    lines += ["", f"| region: mean over the frames (training scale) | truth | synthesis | {baseline} | noisy truth |",
+              "|---|---|---|---|---|"]
+    for name, m in summary["region_means"].items():
+        lines.append(f"| {name} | {m['truth']:.3f} | {m['synthesis']:.3f} | {m['copy']:.3f} | {m['limit']:.3f} |")
     if summary["curves"]:
         lines += ["", "| region / method | curve error (% of baseline) | peak-enhancement error (points) | time-to-peak error (s) |",
                   "|---|---|---|---|"]

@@ -14,6 +14,7 @@ import torch
 from ..data import list_cases
 from ..errors import DataError
 from ..io import save_json, save_nifti, save_series, write_csv
+from ..metrics.contrast import pearson_r
 from ..metrics.image import psnr
 from ..transforms import invert_range, parse_frames, stack_frames
 from .synthesis import load_weights
@@ -166,9 +167,13 @@ class SeriesEvaluation(SeriesInference):
       limit (the noisy truth against the noiseless one) and the **copy baseline** (the
       pre-contrast input ``copy_of`` as every frame: what a model that ignores the contrast
       agent gives);
-    * the time-intensity curve inside each region of ``regions`` (label values of the case's
-      ``seg``, e.g. ``{"enhancing": 4}``): :func:`curve_metrics` of the synthesized and the true
-      curves (baseline: the noiseless pre-contrast frame's mean there), and the copy baseline's;
+    * Pearson r inside the brain (all frames pooled) of the synthesis, the noisy truth and the
+      baseline with the noiseless truth, and the mean of each over each region of ``regions``
+      (label values of the case's ``seg``, e.g. ``{"enhancing": 4}``) and the rest of the brain:
+      PSNR inside the brain is dominated by normal tissue, these show whether the tumour is there;
+    * with more than one frame, the time-intensity curve inside each region: :func:`curve_metrics`
+      of the synthesized and the true curves (baseline: the noiseless pre-contrast frame's mean
+      there), and the copy baseline's;
     * the contribution of every input: PSNR lost when that input is replaced by background
       (-1), ranked.
 
@@ -176,11 +181,12 @@ class SeriesEvaluation(SeriesInference):
         targets: the truth's images in order (``dce_post``); their ``_noiseless`` twins are read.
         copy_of: the input used as the copy baseline (default the first input), or a number: a
             constant image on the network's scale (``0.0`` for a signed map: "no enhancement").
-        regions: name -> label value of ``seg`` (``{}``: no curve, e.g. for a one-frame map).
+        regions: name -> label value of ``seg``.
         other arguments: as :class:`SeriesInference`.
 
-    Writes ``<output_dir>/series_metrics.csv`` (one row per case and frame), ``curves.csv`` (per
-    case and region) and ``summary.json`` (means, and the contribution ranking).
+    Writes ``<output_dir>/series_metrics.csv`` (one row per case and frame), ``regions.csv`` (per
+    case and region: the means), ``curves.csv`` (per case and region, several frames) and
+    ``summary.json`` (means, r, and the contribution ranking).
     """
 
     def __init__(self, *args, targets=("dce_post",), copy_of: str | float | None = None, regions=None, **kwargs):
@@ -189,7 +195,7 @@ class SeriesEvaluation(SeriesInference):
         self.copy_of = self.inputs[0] if copy_of is None else copy_of
         self.regions = {"enhancing": 4} if regions is None else dict(regions)
 
-    def _score(self, case: dict) -> tuple[list[dict], list[dict], dict]:
+    def _score(self, case: dict) -> tuple[list[dict], list[dict], dict, dict]:
         d = self.preprocessing(dict(case))
         cid = case["case"]
         truth = stack_frames(d, [f"{t}_noiseless" for t in self.targets], cid).numpy()
@@ -211,9 +217,19 @@ class SeriesEvaluation(SeriesInference):
                          "psnr_limit": psnr(noisy[f], truth[f], 2.0, brain)})
         curves = []
         seg = np.asarray(d["seg"][0]) if "seg" in d else None
+        pooled = np.broadcast_to(brain, truth.shape)
+        scores = {"case": cid, **{f"r{k}": pearson_r(v, truth, pooled)
+                                  for k, v in (("", pred), ("_limit", noisy), ("_copy", copy))}}
+        masks = {name: seg == value for name, value in self.regions.items() if seg is not None and (seg == value).any()}
+        if seg is not None:
+            masks["rest of brain"] = brain & (seg == 0)
+        scores["regions"] = [{"case": cid, "region": name, "voxels": int(m.sum()),
+                              **{k: float(v[:, m].mean()) for k, v in (("truth", truth), ("synthesis", pred),
+                                                                       ("limit", noisy), ("copy", copy))}}
+                             for name, m in masks.items()]
         pre_true = f"{self.copy_of}_noiseless"
         for name, value in self.regions.items():
-            if seg is None or not (seg == value).any():
+            if seg is None or not (seg == value).any() or truth.shape[0] < 2:
                 continue
             m = seg == value
             base = float(np.asarray(d[pre_true][0])[m].mean()) if pre_true in d else float(copy[0][m].mean())
@@ -231,14 +247,14 @@ class SeriesEvaluation(SeriesInference):
             xo[offsets[i]:offsets[i + 1]] = -1.0
             po = self.synthesize(d, xo).numpy()
             contrib[name] = full - float(np.mean([psnr(po[f], truth[f], 2.0, brain) for f in range(truth.shape[0])]))
-        return rows, curves, contrib
+        return rows, curves, contrib, scores
 
     def run(self) -> dict:
         self.prepare()
-        rows, curves, contribs, skipped = [], [], [], []
+        rows, curves, contribs, skipped, scores = [], [], [], [], []
         for case in self.cases():
             try:
-                r, c, k = self._score(case)
+                r, c, k, sc = self._score(case)
             except DataError as e:
                 logger.warning("case %s skipped: %s", case["case"], e)
                 skipped.append(case["case"])
@@ -246,6 +262,7 @@ class SeriesEvaluation(SeriesInference):
             rows += r
             curves += c
             contribs.append(k)
+            scores.append(sc)
             logger.info("case %s: PSNR %.2f dB over %d frames (copy %.2f, limit %.2f)", case["case"],
                         np.mean([x["psnr"] for x in r]), len(r), np.mean([x["psnr_copy"] for x in r]),
                         np.mean([x["psnr_limit"] for x in r]))
@@ -255,6 +272,12 @@ class SeriesEvaluation(SeriesInference):
         write_csv(rows, self.output_dir / "series_metrics.csv")
         if curves:
             write_csv(curves, self.output_dir / "curves.csv")
+        regional = [r for sc in scores for r in sc["regions"]]
+        if regional:
+            write_csv(regional, self.output_dir / "regions.csv")
+        region_means = {name: {k: float(np.mean([r[k] for r in regional if r["region"] == name]))
+                               for k in ("truth", "synthesis", "limit", "copy")}
+                        for name in dict.fromkeys(r["region"] for r in regional)}
         frames = sorted({r["frame"] for r in rows})
         per_frame = {f: {k: float(np.mean([r[k] for r in rows if r["frame"] == f])) for k in ("psnr", "psnr_copy", "psnr_limit")}
                      for f in frames}
@@ -267,7 +290,10 @@ class SeriesEvaluation(SeriesInference):
         contribution = {n: float(np.mean([c[n] for c in contribs])) for n in self.inputs}
         summary = {"cases": len(contribs), "skipped": skipped, "inputs": self.inputs, "targets": self.targets,
                    "psnr": float(np.mean([r["psnr"] for r in rows])), "psnr_copy": float(np.mean([r["psnr_copy"] for r in rows])),
-                   "psnr_limit": float(np.mean([r["psnr_limit"] for r in rows])), "per_frame": per_frame,
+                   "psnr_limit": float(np.mean([r["psnr_limit"] for r in rows])),
+                   **{k: float(np.nanmean([sc[k] for sc in scores])) if any(np.isfinite(sc[k]) for sc in scores)
+                      else float("nan") for k in ("r", "r_limit", "r_copy")},
+                   "region_means": region_means, "per_frame": per_frame,
                    "curves": curve_means, "contribution_db": contribution,
                    "contribution_ranking": sorted(contribution, key=contribution.get, reverse=True)}
         save_json(summary, self.output_dir / "summary.json")
