@@ -42,7 +42,8 @@ def tables(summary: dict, frames_s: list, baseline: str = "copy baseline") -> st
         t = frames_s[int(f)] if int(f) < len(frames_s) else "-"
         lines.append(f"| {f} | {t} | {row['psnr']:.2f} | {row['psnr_copy']:.2f} | {row['psnr_limit']:.2f} |")
     lines.append(f"| mean | | {summary['psnr']:.2f} | {summary['psnr_copy']:.2f} | {summary['psnr_limit']:.2f} |")
-    lines.append(f"| r inside the brain | | {summary['r']:.3f} | {summary['r_copy']:.3f} | {summary['r_limit']:.3f} |")
+    r = {k: "-" if summary[k] != summary[k] else f"{summary[k]:.3f}" for k in ("r", "r_copy", "r_limit")}  # NaN: constant
+    lines.append(f"| r inside the brain | | {r['r']} | {r['r_copy']} | {r['r_limit']} |")
     lines += ["", f"| region: mean over the frames (training scale) | truth | synthesis | {baseline} | noisy truth |",
               "|---|---|---|---|---|"]
     for name, m in summary["region_means"].items():
