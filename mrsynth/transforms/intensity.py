@@ -23,7 +23,7 @@ from monai.transforms import InvertibleTransform, MapTransform
 
 from ..errors import DataError
 
-__all__ = ["ScalePercentiled", "percentile_range", "apply_range", "invert_range", "PAPER", "NNSEQ2SEQ"]
+__all__ = ["ScalePercentiled", "percentile_range", "signed_range", "apply_range", "invert_range", "PAPER", "NNSEQ2SEQ"]
 
 #: (lower_percentile, upper_percentile, upper_factor, b_min, b_max) presets
 PAPER = dict(lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, b_min=-1.0, b_max=1.0)
@@ -51,6 +51,13 @@ def percentile_range(x, lower_percentile=None, upper_percentile=99.0, upper_fact
     if not hi > lo:
         hi = lo + 1.0
     return lo, hi
+
+
+def signed_range(lo, hi) -> tuple[float, float]:
+    """``(lo, hi)`` made symmetric about 0: ``(-h, h)``, ``h = max(|lo|, |hi|)`` (a signed map on
+    an unsigned image's scale, e.g. a wash-in map on its pre-contrast frame's)."""
+    h = max(abs(float(lo)), abs(float(hi)))
+    return -h, h
 
 
 def apply_range(x, lo, hi, b_min=-1.0, b_max=1.0):
@@ -127,8 +134,8 @@ class ScalePercentiled(MapTransform, InvertibleTransform):
                 ranges[src] = self._range(d[src], src)
         for key, ref in self.key_iterator(d, self.ref_keys):
             lo, hi = ranges[key if ref is None else ref]
-            if self.is_signed(key) and lo != -hi:  # a signed image scaled with an unsigned reference's range
-                lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+            if self.is_signed(key):  # (unchanged when the range is already symmetric: its own, or a signed reference's)
+                lo, hi = signed_range(lo, hi)
             x = d[key]
             d[key] = apply_range(x, lo, hi, self.b_min, self.b_max)
             d[f"{key}_scale"] = (lo, hi, self.b_min, self.b_max)

@@ -16,7 +16,7 @@ from ..errors import DataError
 from ..io import save_json, save_nifti, save_series, write_csv
 from ..metrics.contrast import pearson_r
 from ..metrics.image import psnr
-from ..transforms import invert_range, parse_frames, stack_frames
+from ..transforms import invert_range, parse_frames, signed_range, stack_frames
 from .synthesis import load_weights
 
 __all__ = ["SeriesInference", "SeriesEvaluation", "curve_metrics"]
@@ -112,7 +112,7 @@ class SeriesInference:
         pred = self.synthesize(d).numpy()
         lo, hi, b_min, b_max = d[f"{self.scale_of}_scale"]
         if self.signed_output:
-            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+            lo, hi = signed_range(lo, hi)
         ref = d[self.inputs[0]]
         times = self.frame_times(case)
         if times is not None and len(times) != pred.shape[0]:

@@ -15,7 +15,7 @@ from ..errors import DataError, find_data_error
 from ..handlers.progress import CaseProgress
 from ..io import save_json, save_nifti
 from ..sequences import sequence_index
-from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range
+from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range, signed_range
 from .conditioning import Conditioning, TargetCode, TargetCodeFusion
 
 __all__ = ["SynthesisInference", "synthesize", "synthesize_volume", "load_weights"]
@@ -213,7 +213,7 @@ class SynthesisInference:
         pred = synthesize(self.network, self.inferer, self.condition, d, sources, self.sequences, self.device)[0].numpy()
         lo, hi, b_min, b_max = d[f"{sources[0]}_scale"]
         if self.signed_target:
-            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+            lo, hi = signed_range(lo, hi)
         ref = d[sources[0]]
         affine, shape = self.condition.geometry(np.asarray(ref.affine), ref.shape[1:])
         if tuple(pred.shape) != tuple(shape):
