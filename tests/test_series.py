@@ -79,6 +79,11 @@ def test_flat_series_wraps_seq2seq4d():
     assert set(flat.state_dict()) == set(net.state_dict())  # checkpoints are the plain network's
     with pytest.raises(ValueError, match="frames of 3 channels"):
         flat(torch.rand(1, 4, 16, 16), code[:1])
+    # residual on input frame 0: every output frame is frame 0 plus the network's change
+    res = FlatSeries(net, channels=3, residual_frame=0)
+    with torch.no_grad():
+        yr = res(x, code)
+    torch.testing.assert_close(yr, ref.reshape(2, 12, 16, 16) + x[:, :3].repeat(1, 4, 1, 1))
 
 
 class FramesNet(torch.nn.Module):

@@ -103,15 +103,22 @@ class FlatSeries(_Bound):
     Args:
         network: the series network.
         channels: channels per frame ``C`` (the slices of a 2.5D slab).
+        residual_frame: the index of an input frame that every output frame adds to (``None``:
+            none). With the pre-contrast frame, the network predicts the change the contrast agent
+            makes, and a network that predicts no change is the copy baseline.
     """
 
-    def __init__(self, network: nn.Module, channels: int) -> None:
+    def __init__(self, network: nn.Module, channels: int, residual_frame: int | None = None) -> None:
         super().__init__(network)
         self.channels = int(channels)
+        self.residual_frame = None if residual_frame is None else int(residual_frame)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         b, tc = x.shape[0], x.shape[1]
         if tc % self.channels:
             raise ValueError(f"{tc} channels are not frames of {self.channels} channels each")
-        y = self.network(x.reshape(b, tc // self.channels, self.channels, *x.shape[2:]), code)
+        frames = x.reshape(b, tc // self.channels, self.channels, *x.shape[2:])
+        y = self.network(frames, code)
+        if self.residual_frame is not None:
+            y = y + frames[:, self.residual_frame : self.residual_frame + 1]
         return y.reshape(b, -1, *y.shape[3:])
