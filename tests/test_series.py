@@ -156,7 +156,8 @@ def test_dce_bundle_trains_infers_and_evaluates(dce_data, tmp_path):
     """quick.json + dce.json through ``python -m monai.bundle run``: training, a 4D synthesis with
     the input's grid and frame timing, and the per-frame / curve evaluation with its baselines."""
     bundle = tmp_path / "bundle"
-    args = ["--dataset_dir", str(dce_data), "--bundle_root", str(bundle), "--out_frames", "3", "--mlflow", "false"]
+    args = ["--dataset_dir", str(dce_data), "--bundle_root", str(bundle), "--out_frames", "3", "--lstm_layers", "1",
+            "--patch_size", "[48,48]", "--mlflow", "false"]
     run_bundle("seq2seq", ["train", "quick", "dce"], *args, "--max_epochs", "2", "--val_interval", "1",
                "--output_dir", str(tmp_path / "train"))
     model = bundle / "models" / "model.pt"
