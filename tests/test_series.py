@@ -249,6 +249,9 @@ def test_frames_to_washin_task(dce_data, tmp_path):
     k = parser.get_parsed_content("num_slices")
     assert sample["image"].shape[0] == 4 * k and sample["label"].shape[0] == k
     net = parser.get_parsed_content("network").eval()
+    assert net.residual_frame is None  # a map is not a frame plus a change
+    post = _bundle_parser(["train", "quick", "dce"], dataset_dir=str(dce_data), bundle_root=str(tmp_path), mlflow=False)
+    assert post.get_parsed_content("network").residual_frame == 0  # post-contrast frames: the pre-contrast frame + the change
     with torch.no_grad():
         y = net(sample["image"][None, :, :32, :32].float(), torch.tensor([5]))
     assert y.shape == (1, k, 32, 32)
