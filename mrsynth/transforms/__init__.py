@@ -4,7 +4,7 @@ TUMSyn's text prompts."""
 from .augment import RandDomainAugmentd
 from .corruption import (CORRUPTION_LEVELS, CORRUPTIONS, STRENGTHS, RandMotionGhosting, corrupt, corruption_levels,
                          reference_level)
-from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range, signed_range
+from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range, scaled_signed, signed_range
 from .implicit import RandImplicitPaird, scaled_prompt
 from .io import LoadSequencesd
 from .prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, AcquisitionFeaturesd, Prompt, PromptError,
@@ -31,6 +31,7 @@ __all__ = [
     "NNSEQ2SEQ",
     "percentile_range",
     "signed_range",
+    "scaled_signed",
     "apply_range",
     "invert_range",
     "RandSequencePaird",

@@ -23,7 +23,7 @@ from monai.transforms import InvertibleTransform, MapTransform
 
 from ..errors import DataError
 
-__all__ = ["ScalePercentiled", "percentile_range", "signed_range", "apply_range", "invert_range", "PAPER", "NNSEQ2SEQ"]
+__all__ = ["ScalePercentiled", "percentile_range", "signed_range", "scaled_signed", "apply_range", "invert_range", "PAPER", "NNSEQ2SEQ"]
 
 #: (lower_percentile, upper_percentile, upper_factor, b_min, b_max) presets
 PAPER = dict(lower_percentile=None, upper_percentile=99.0, upper_factor=2.0, b_min=-1.0, b_max=1.0)
@@ -149,3 +149,11 @@ class ScalePercentiled(MapTransform, InvertibleTransform):
             info = self.pop_transform(d[key])["extra_info"]
             d[key] = invert_range(d[key], info["lo"], info["hi"], info["b_min"], info["b_max"])
         return d
+
+
+def scaled_signed(preprocessing, key) -> bool:
+    """Whether ``preprocessing`` (a transform or a ``Compose``) scales ``key`` as a signed map
+    (a :class:`ScalePercentiled` with ``key`` among its ``signed_keys``): its synthesis is mapped
+    back on a symmetric range."""
+    transforms = getattr(preprocessing, "transforms", None) or [preprocessing]
+    return any(isinstance(t, ScalePercentiled) and t.is_signed(key) for t in transforms)

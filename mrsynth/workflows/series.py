@@ -16,7 +16,7 @@ from ..errors import DataError
 from ..io import save_json, save_nifti, save_series, write_csv
 from ..metrics.contrast import pearson_r
 from ..metrics.image import psnr
-from ..transforms import invert_range, parse_frames, signed_range, stack_frames
+from ..transforms import invert_range, parse_frames, scaled_signed, signed_range, stack_frames
 from .synthesis import load_weights
 
 __all__ = ["SeriesInference", "SeriesEvaluation", "curve_metrics"]
@@ -55,8 +55,9 @@ class SeriesInference:
             :class:`~mrsynth.transforms.SplitFramesd` and scaling.
         scale_of: the image whose scale the output is mapped back with (default the first input).
         signed_output: the output is a signed map, trained on the range ``(-h, h)`` of the
-            ``scale_of`` image's upper bound ``h`` (:class:`~mrsynth.transforms.ScalePercentiled`
-            ``signed_keys``), and mapped back with it.
+            ``scale_of`` image's upper bound ``h``, and mapped back with it (default: whether
+            ``preprocessing`` scales ``output_name`` as signed,
+            :class:`~mrsynth.transforms.ScalePercentiled` ``signed_keys``).
         frame_times_from: ``(series, frames)``: the output frames' times are those ``frames``
             (:func:`~mrsynth.transforms.parse_frames`) of the series' sidecar ``frame_times_s``
             (e.g. ``("dce", "1:")``); ``None``: no timing.
@@ -68,7 +69,7 @@ class SeriesInference:
 
     def __init__(self, network, inferer, sequences, inputs, code: int, output_name: str, dataset_dir, output_dir,
                  preprocessing, ckpt_path=None, device="cpu", layout: str = "auto", scale_of: str | None = None,
-                 frame_times_from=None, signed_output: bool = False):
+                 frame_times_from=None, signed_output: bool | None = None):
         self.network, self.inferer = network, inferer
         self.sequences = [str(s).lower() for s in sequences]
         self.inputs, self.code, self.output_name = [str(s) for s in inputs], int(code), str(output_name)
@@ -76,7 +77,7 @@ class SeriesInference:
         self.preprocessing, self.ckpt_path, self.device = preprocessing, ckpt_path, torch.device(device)
         self.scale_of = scale_of or self.inputs[0]
         self.frame_times_from = tuple(frame_times_from) if frame_times_from else None
-        self.signed_output = bool(signed_output)
+        self.signed_output = scaled_signed(preprocessing, self.output_name) if signed_output is None else bool(signed_output)
 
     def cases(self) -> list[dict]:
         return list_cases(self.dataset_dir, self.sequences, layout=self.layout)

@@ -15,7 +15,7 @@ from ..errors import DataError, find_data_error
 from ..handlers.progress import CaseProgress
 from ..io import save_json, save_nifti
 from ..sequences import sequence_index
-from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range, signed_range
+from ..transforms import PAPER, LoadSequencesd, ScalePercentiled, invert_range, scaled_signed, signed_range
 from .conditioning import Conditioning, TargetCode, TargetCodeFusion
 
 __all__ = ["SynthesisInference", "synthesize", "synthesize_volume", "load_weights"]
@@ -129,9 +129,8 @@ class SynthesisInference:
         self.preprocessing = preprocessing or Compose(
             [LoadSequencesd(self.sequences), ScalePercentiled(self.sequences, **PAPER)]
         )
-        transforms = getattr(self.preprocessing, "transforms", None) or [self.preprocessing]
         #: the target is a signed map (ScalePercentiled signed_keys): mapped back on (-h, h) of the source's bound h
-        self.signed_target = any(isinstance(t, ScalePercentiled) and t.is_signed(self.target) for t in transforms)
+        self.signed_target = scaled_signed(self.preprocessing, self.target)
 
     def sources_for(self, case: dict) -> list[str]:
         """The sequences used as sources for ``case``."""
