@@ -95,8 +95,10 @@ class SlabInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if inputs.ndim != 5:
             raise ValueError(f"SlabInferer expects (B, C, H, W, D) volumes, got shape {tuple(inputs.shape)}")
-        x = torch.as_tensor(inputs)
-        args = bound_args(args, self.conditions, x.device)
+        # plain tensors: a MetaTensor's per-operation metadata handling costs more than the
+        # network itself on a CPU (the result carries no metadata either way)
+        x = _plain(torch.as_tensor(inputs))
+        args = tuple(_plain(a) for a in bound_args(args, self.conditions, x.device))
         b, _, h, w, depth = x.shape
         th, tw = (h, w) if self.min_size is None else (max(h, self.min_size[0]), max(w, self.min_size[1]))
         ph, pw = th - h + (-th) % self.divisible_by, tw - w + (-tw) % self.divisible_by
@@ -128,6 +130,11 @@ class SlabInferer(Inferer):
                             count[z] += 1
                         out[i, :, :, :, z] += p[:, ch]
         return out / count.clamp_min(1)
+
+
+def _plain(t):
+    """``t`` as a plain ``torch.Tensor`` (a MetaTensor without its metadata); other values as they are."""
+    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
 
 
 class PerSampleInferer(Inferer):
@@ -225,7 +232,7 @@ class ImplicitSlidingWindowInferer(Inferer):
             tokens, acquisition = self.bound_prompt(inputs)
         if inputs.ndim != 5 or inputs.shape[0] != 1:
             raise ValueError(f"ImplicitSlidingWindowInferer expects one volume (1, C, X, Y, Z), got {tuple(inputs.shape)}")
-        x = torch.as_tensor(inputs).float()
+        x = _plain(torch.as_tensor(inputs)).float()
         dev = x.device
         shape_in = list(x.shape[2:])
         shape_out = [int(v) for v in (output_shape or shape_in)]

@@ -118,3 +118,24 @@ def test_per_sample_amp_returns_float32_close_to_float32():
         mixed = PerSampleInferer(sw, amp="true")(vol, net, torch.tensor([0, 1]))
     assert mixed.dtype == torch.float32 and mixed.shape == ref.shape
     assert (mixed - ref).abs().max() < 0.1  # rounding only (float32 where the CPU has no native bf16)
+
+
+def test_slab_inferer_hands_the_network_plain_tensors():
+    """A MetaTensor input (what MONAI's loaders give) reaches the network as a plain tensor (its
+    per-operation metadata handling cost more than the network on a CPU), with the same result."""
+    from monai.data import MetaTensor
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x, code):
+            seen.append((type(x), type(code)))
+            return x * (1 + code.view(-1, 1, 1, 1))
+
+    vol = torch.rand(1, 1, 8, 8, 5)
+    code = torch.tensor([2])
+    inferer = SlabInferer(num_slices=3, batch_size=2)
+    plain = inferer(vol, Net(), code)
+    meta = inferer(MetaTensor(vol, meta={"filename_or_obj": "x.nii.gz"}), Net(), MetaTensor(code))
+    assert all(t is torch.Tensor for pair in seen for t in pair)
+    assert torch.allclose(plain, meta) and torch.allclose(plain, vol * 3)

@@ -47,3 +47,39 @@ def test_resumed_run_decays_over_the_new_horizon(tmp_path, kind):
     resumed = _run(tmp_path / "again", make, 8, resume=True, horizon=True)
     fresh8 = _run(tmp_path / "fresh", make, 8, resume=False, horizon=True)
     assert resumed == pytest.approx(fresh8[4:])
+
+
+def test_time_snapshots_save_at_each_mark_and_stop(tmp_path):
+    """TimeSnapshots writes the weights as each training time passes, records what was seen,
+    and stops the trainer after the last mark."""
+    import json
+    import time
+
+    from mrsynth.handlers import TimeSnapshots
+
+    net = torch.nn.Linear(2, 1)
+    w0 = float(net.weight[0, 0])
+
+    def step(engine, batch):
+        time.sleep(0.01)
+        with torch.no_grad():
+            net.weight.add_(1.0)  # the weights change with every iteration
+        engine.state.batch = [{"image": x} for x in batch["image"]]  # as MONAI's engines decollate it
+
+    engine = Engine(step)
+    snaps = TimeSnapshots(net, tmp_path / "snaps", [0.15, 0.05])
+    snaps.attach(engine)
+    batch = {"image": torch.zeros(4, 3)}
+    start = time.perf_counter()
+    engine.run([batch] * 10, max_epochs=1000)
+    assert time.perf_counter() - start < 5  # stopped, not 10000 iterations
+    recs = json.loads((tmp_path / "snaps" / "model_tsnapshots.json").read_text())
+    assert [r["mark_s"] for r in recs] == [0.05, 0.15] == [r["mark_s"] for r in snaps.records]
+    assert all(r["elapsed_s"] >= r["mark_s"] for r in recs)
+    assert recs[0]["iteration"] < recs[1]["iteration"] == engine.state.iteration
+    assert [r["samples"] for r in recs] == [4 * r["iteration"] for r in recs]
+    for r in recs:  # the weights as they were at that iteration
+        state = torch.load(r["path"], weights_only=True)
+        assert float(state["weight"][0, 0]) == pytest.approx(w0 + r["iteration"])
+    with pytest.raises(ValueError, match="positive"):
+        TimeSnapshots(net, tmp_path, [0])

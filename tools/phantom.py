@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "wash-in and wash-out maps)")
     p.add_argument("--dce-interval", type=float, default=30.0, help="seconds between DCE frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=0, help="write the cases in this many processes (same files)")
     args = p.parse_args(argv)
     if args.subjects < 1:
         p.error("--subjects must be at least 1")
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
         exclude_modalities=tuple(args.exclude_modalities),
         presets=args.presets or None,
         dce={"frames": args.dce, "interval_s": args.dce_interval} if args.dce else None,
+        workers=args.workers,
     )
     elapsed = time.perf_counter() - start
     extra = ""

@@ -1123,6 +1123,48 @@ def preset_image_name(key: str) -> str:
     return f"preset_{key}" if key in SEQUENCES else key
 
 
+def _write_case(i: int, job: dict):
+    """Simulate and write case ``i`` of :func:`write_dataset` (``job``: its settings); return
+    ``(case id, subject seed, missing sequences, protocol names)``. A function of ``i`` and the
+    settings alone, so that cases can be written by worker processes in any order."""
+    out, layout, sequences, dce = job["out"], job["layout"], job["sequences"], job["dce"]
+    case = f"PHANTOM_{i:04d}"
+    sub_seed = subject_seed(job["seed"], i)
+    kept = _kept_sequences(sub_seed, sequences, job["drop_max"])
+    extra = {}
+    if job["n_protocols"]:
+        prng = np.random.default_rng([sub_seed, 5])
+        fs = subject_field_strength(sub_seed)
+        extra = {f"p{j:02d}": random_protocol(prng, fs, job["protocol_kinds"], job["exclude_modalities"])
+                 for j in range(job["n_protocols"])}
+    extra.update(job["fixed"])
+    subj = simulate_subject(
+        sub_seed, spacing=job["spacing"], snr=job["snr"], sequences=kept, slice_thickness=job["slice_thickness"],
+        protocols=extra or None, dce=dce,
+    )
+    if layout == "brats":
+        folder = out / case
+        for s in (*kept, *extra):
+            save_nifti(subj.images[s], subj.affine, folder / f"{case}_{s}.nii.gz")
+            save_nifti(subj.noiseless[s], subj.affine, folder / f"{case}_{s}_noiseless.nii.gz")
+            save_json(subj.sidecars[s], folder / f"{case}_{s}.json")
+        if dce:
+            save_dce(subj, folder, case)
+        save_nifti(subj.label, subj.affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
+        save_nifti(subj.tissue, subj.affine, folder / f"{case}_tissue.nii.gz", dtype=np.uint8)
+        save_fractions(subj, folder / f"{case}_fractions.nii.gz")
+    else:
+        for s in kept:
+            stem = f"{case}_{sequences.index(s):04d}"
+            save_nifti(subj.images[s], subj.affine, out / "imagesTr" / f"{stem}.nii.gz")
+            save_json(subj.sidecars[s], out / "imagesTr" / f"{stem}.json")
+            save_nifti(subj.noiseless[s], subj.affine, out / "noiselessTr" / f"{stem}.nii.gz")
+        save_nifti(subj.label, subj.affine, out / "labelsTr" / f"{case}.nii.gz", dtype=np.uint8)
+        save_nifti(subj.tissue, subj.affine, out / "tissueTr" / f"{case}.nii.gz", dtype=np.uint8)
+        save_fractions(subj, out / "fractionsTr" / f"{case}.nii.gz")
+    return case, sub_seed, [s for s in sequences if s not in kept], list(extra)
+
+
 def write_dataset(
     out,
     subjects: int,
@@ -1139,6 +1181,7 @@ def write_dataset(
     exclude_modalities=(),
     presets: list[str] | None = None,
     dce: dict | bool | None = None,
+    workers: int = 0,
 ) -> list[str]:
     """Simulate ``subjects`` cases and write them under ``out``; return the case ids.
 
@@ -1174,6 +1217,9 @@ def write_dataset(
     interval in seconds (``xyzt_units`` mm, s), its noiseless twin and sidecar (frame times), and
     the derived maps ``<case>_dce_washin`` / ``<case>_dce_washout`` (3D, with twins and sidecars).
     They are never dropped.
+
+    ``workers > 1`` writes the cases in that many processes; every case depends on its index
+    and the settings alone, so the files are the same for any number of workers.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -1203,45 +1249,22 @@ def write_dataset(
 
     from tqdm.auto import tqdm
 
-    cases, missing, seeds, case_protocols = [], {}, {}, {}
-    for i in tqdm(range(subjects), desc="phantom", unit="case", disable=not progress):
-        case = f"PHANTOM_{i:04d}"
-        sub_seed = subject_seed(seed, i)
-        kept = _kept_sequences(sub_seed, sequences, drop_max)
-        extra = {}
-        if n_protocols:
-            prng = np.random.default_rng([sub_seed, 5])
-            fs = subject_field_strength(sub_seed)
-            extra = {f"p{j:02d}": random_protocol(prng, fs, protocol_kinds, exclude_modalities) for j in range(n_protocols)}
-        extra.update(fixed)
-        subj = simulate_subject(
-            sub_seed, spacing=spacing, snr=snr, sequences=kept, slice_thickness=slice_thickness, protocols=extra or None,
-            dce=dce,
-        )
-        cases.append(case)
-        seeds[case] = sub_seed
-        missing[case] = [s for s in sequences if s not in kept]
-        case_protocols[case] = list(extra)
-        if layout == "brats":
-            folder = out / case
-            for s in (*kept, *extra):
-                save_nifti(subj.images[s], subj.affine, folder / f"{case}_{s}.nii.gz")
-                save_nifti(subj.noiseless[s], subj.affine, folder / f"{case}_{s}_noiseless.nii.gz")
-                save_json(subj.sidecars[s], folder / f"{case}_{s}.json")
-            if dce:
-                save_dce(subj, folder, case)
-            save_nifti(subj.label, subj.affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
-            save_nifti(subj.tissue, subj.affine, folder / f"{case}_tissue.nii.gz", dtype=np.uint8)
-            save_fractions(subj, folder / f"{case}_fractions.nii.gz")
-        else:
-            for s in kept:
-                stem = f"{case}_{sequences.index(s):04d}"
-                save_nifti(subj.images[s], subj.affine, out / "imagesTr" / f"{stem}.nii.gz")
-                save_json(subj.sidecars[s], out / "imagesTr" / f"{stem}.json")
-                save_nifti(subj.noiseless[s], subj.affine, out / "noiselessTr" / f"{stem}.nii.gz")
-            save_nifti(subj.label, subj.affine, out / "labelsTr" / f"{case}.nii.gz", dtype=np.uint8)
-            save_nifti(subj.tissue, subj.affine, out / "tissueTr" / f"{case}.nii.gz", dtype=np.uint8)
-            save_fractions(subj, out / "fractionsTr" / f"{case}.nii.gz")
+    job = dict(out=out, seed=seed, layout=layout, spacing=spacing, snr=snr, sequences=sequences, drop_max=drop_max,
+               slice_thickness=slice_thickness, n_protocols=n_protocols, protocol_kinds=protocol_kinds,
+               exclude_modalities=exclude_modalities, fixed=fixed, dce=dce)
+    workers = int(workers or 0)
+    if workers > 1 and subjects > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, subjects)) as pool:
+            done = list(tqdm(pool.map(_write_case, range(subjects), [job] * subjects), total=subjects, desc="phantom",
+                             unit="case", disable=not progress))
+    else:
+        done = [_write_case(i, job) for i in tqdm(range(subjects), desc="phantom", unit="case", disable=not progress)]
+    cases = [d[0] for d in done]
+    seeds = {d[0]: d[1] for d in done}
+    missing = {d[0]: d[2] for d in done}
+    case_protocols = {d[0]: d[3] for d in done}
 
     if layout == "nnseq2seq":
         save_json(
