@@ -133,13 +133,15 @@ def trend(runs: dict[int, dict[float, dict]], snapshots: dict[int, list[dict]]) 
     from benchmark_seq2seq import fmt
     from mrsynth.metrics import synthesis_checks
 
-    lines = ["| training time per run | training slices seen per run | mean r, cross pairs | mean r, remap baseline | "
-             "mean PSNR (noiseless, brain) | mean PSNR, remap baseline | pairs clearing every bar in every run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| training time per run | iterations per run | training slices seen per run | mean r, cross pairs | "
+             "mean r, remap baseline | mean PSNR (noiseless, brain) | mean PSNR, remap baseline | "
+             "pairs clearing every bar in every run |",
+             "|---|---|---|---|---|---|---|---|"]
     marks = sorted({m for r in runs.values() for m in r})
     for m in marks:
         summaries = [r[m] for r in runs.values() if m in r]
-        samples = [rec["samples"] for recs in snapshots.values() for rec in recs if rec["mark_s"] == m]
+        recs = [rec for recs in snapshots.values() for rec in recs if rec["mark_s"] == m]
+        its, samples = [rec["iteration"] for rec in recs], [rec["samples"] for rec in recs]
         r_syn, r_aff, p_syn, p_aff, ok = [], [], [], [], None
         for s in summaries:
             pairs = s["pairs"].values()
@@ -150,7 +152,7 @@ def trend(runs: dict[int, dict[float, dict]], snapshots: dict[int, list[dict]]) 
             passed = {p for p, v in s["pairs"].items() if (v.get("checks") or synthesis_checks(v)).get("all")}
             ok = passed if ok is None else ok & passed
         n_pairs = len(summaries[0]["pairs"])
-        lines.append(f"| {m:g} s | {fmt(samples, 0)} | {fmt(r_syn, 3)} | {fmt(r_aff, 3)} | {fmt(p_syn)} | "
+        lines.append(f"| {m:g} s | {fmt(its, 0)} | {fmt(samples, 0)} | {fmt(r_syn, 3)} | {fmt(r_aff, 3)} | {fmt(p_syn)} | "
                      f"{fmt(p_aff)} | {len(ok or ())}/{n_pairs} |")
     return lines
 
@@ -177,8 +179,8 @@ def report(args) -> str:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     head = (f"Paper-size Seq2Seq (`configs/train.json`'s network{', with quick.json' if args.quick else ''}) on "
-            f"{device}; {len(args.seeds)} runs (training seeds {', '.join(map(str, args.seeds))}) trained at the same "
-            f"time on the one GPU, {last:g} s of training each; phantom {args.spacing:g} mm, {args.subjects} training "
+            f"{device}; {len(args.seeds)} run(s) (training seeds {', '.join(map(str, args.seeds))}) trained at the "
+            f"same time on the one device, {last:g} s of training each; phantom {args.spacing:g} mm, {args.subjects} training "
             f"subjects (data seed 0), {args.test_subjects} unseen test subjects (data seed 1); crops "
             f"{args.patch[0]} x {args.patch[1]}, {args.batch_cases} cases x {args.samples_per_case} slices per step.")
 
