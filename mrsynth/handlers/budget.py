@@ -70,24 +70,20 @@ class TimeSnapshots:
             return
         if self._t0 is None:
             self._t0 = time.perf_counter()
-        mark = self.marks[len(self.records)]
         elapsed = time.perf_counter() - self._t0
-        if elapsed < mark:
+        passed = [m for m in self.marks[len(self.records):] if m <= elapsed]
+        if not passed:
             return
         net = self.network.module if hasattr(self.network, "module") else self.network
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path(mark)) as tmp:
-            torch.save(net.state_dict(), tmp)
-        while len(self.records) < len(self.marks) and self.marks[len(self.records)] <= elapsed:
-            m = self.marks[len(self.records)]
-            if m != mark:  # an iteration longer than the gap between marks: one file for both
-                with atomic_path(self.path(m)) as tmp:
-                    torch.save(net.state_dict(), tmp)
+        state = net.state_dict()
+        for m in passed:  # several marks passed in one iteration: the same weights for each
+            with atomic_path(self.path(m)) as tmp:
+                torch.save(state, tmp)
             self.records.append({"mark_s": m, "elapsed_s": round(elapsed, 3), "iteration": engine.state.iteration,
                                  "epoch": engine.state.epoch, "samples": self._samples, "path": str(self.path(m))})
         with atomic_path(self.save_dir / f"{self.prefix}snapshots.json") as tmp:
             Path(tmp).write_text(json.dumps(self.records, indent=1))
-        logger.info(f"snapshot at {elapsed:.1f} s of training (iteration {engine.state.iteration}): {self.path(mark)}")
+        logger.info(f"snapshot at {elapsed:.1f} s of training (iteration {engine.state.iteration}): {self.path(passed[-1])}")
         if self.terminate and len(self.records) >= len(self.marks):
             engine.terminate()
 
