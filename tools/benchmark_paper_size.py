@@ -196,7 +196,7 @@ def report(args) -> str:
     return "\n".join(md)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_bench")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -214,6 +214,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-run", action="store_true", help="only report on the runs under --out")
     ap.add_argument("--report", help="also write the Markdown here")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     args.marks = sorted(args.marks)
     if args.child is not None:
