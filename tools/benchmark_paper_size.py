@@ -108,8 +108,7 @@ def evaluate(args, seed: int, run_dir: Path, rec: dict, threads: int):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
            "[" + ",".join(repr(c) for c in configs(args, "evaluate.json")) + "]",
            "--dataset_dir", str(Path(args.out).resolve() / "test"), "--bundle_root", str(run_dir),
-           "--ckpt_path", rec["path"], "--output_dir", str(out), "--mlflow", "false",
-           "--patch_size", json.dumps(list(args.patch))]
+           "--ckpt_path", rec["path"], "--output_dir", str(out), "--mlflow", "false"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", GIT_PYTHON_REFRESH="quiet", OMP_NUM_THREADS=str(threads))
     return subprocess.Popen(cmd, cwd=BUNDLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), time.time()
 
@@ -184,10 +183,7 @@ def report(args) -> str:
             f"subjects (data seed 0), {args.test_subjects} unseen test subjects (data seed 1); crops "
             f"{args.patch[0]} x {args.patch[1]}, {args.batch_cases} cases x {args.samples_per_case} slices per step.")
 
-    class A:  # markdown()'s header reads args.epochs
-        epochs = None
-
-    md = [head, "", markdown(final, {}, {}, A()).split("\n", 2)[2], "", "**Trend with training time** (mean ± sd over "
+    md = [head, "", markdown(final, {}, {}, argparse.Namespace(epochs=None)).split("\n", 2)[2], "", "**Trend with training time** (mean ± sd over "
           "the runs; r and PSNR inside the brain against the noiseless target, mean over the 12 pairs):", ""]
     md += trend(runs, snapshots)
     json.dump({"device": device, "args": {k: v for k, v in vars(args).items()}, "snapshots": snapshots,

@@ -68,8 +68,6 @@ class TimeSnapshots:
         self._samples += _batch_size(engine.state.batch)
         if len(self.records) >= len(self.marks):
             return
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
         elapsed = time.perf_counter() - self._t0
         passed = [m for m in self.marks[len(self.records):] if m <= elapsed]
         if not passed:
