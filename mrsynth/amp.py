@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["amp_dtype", "autocast", "cpu_bf16_supported", "as_bool"]
+__all__ = ["amp_dtype", "autocast", "cpu_bf16_supported", "as_bool", "cudnn_autotune"]
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
 
@@ -70,3 +70,18 @@ def autocast(device, enabled: bool = True) -> torch.autocast:
     if dtype is None:
         return torch.autocast(device_type=device.type, enabled=False)
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cudnn_autotune(enabled=True) -> bool:
+    """Let cuDNN time its convolution algorithms and keep the fastest (``benchmark``), or hold it
+    to deterministic ones. Call it after :func:`monai.utils.set_determinism`, which turns
+    autotuning off and determinism on whenever it is given a seed. Training configs call it with
+    their ``cudnn_benchmark`` flag (default true, as in MONAI's model-zoo bundles: training crops
+    have a fixed size, so each layer is timed once): seeds still fix the data and the weights'
+    initialisation, but GPU runs are no longer bit-for-bit repeatable. No effect on a CPU.
+    Returns the flag as set."""
+    flag = as_bool(enabled, "cudnn_benchmark")
+    torch.backends.cudnn.benchmark = flag
+    torch.backends.cudnn.deterministic = not flag
+    return flag
+

@@ -62,3 +62,16 @@ def test_report_without_the_last_mark_names_the_folder(tmp_path):
     args = bps.build_parser().parse_args(["--out", str(tmp_path), "--seeds", "0", "--marks", "10", "20"])
     with pytest.raises(SystemExit, match="no evaluation of the 20 s snapshots"):
         bps.report(args)
+
+
+def test_step_benchmark_times_every_variant(tmp_path):
+    """--step-only: the quick network's step on random tensors under each batch path and cuDNN
+    setting, written to step.json (here on the CPU, one timed step each)."""
+    args = bps.build_parser().parse_args(["--out", str(tmp_path), "--quick", "--step-only", "--patch", "16", "16",
+                                          "--batch-cases", "1", "--samples-per-case", "4"])
+    recs = bps.step_benchmark(args, steps=1, warmup=1)
+    saved = json.loads((tmp_path / "step.json").read_text())
+    assert saved["records"] == recs and saved["patch"] == [16, 16]
+    assert {(r["cudnn_benchmark"], r["mixed_targets"], r["targets"]) for r in recs} == {
+        (b, m, t) for b in (False, True) for m, t in (("grouped", "4 targets"), ("split", "4 targets"), ("grouped", "1 target"))}
+    assert all(r["batch"] == 4 and r["ms_per_step"] > 0 for r in recs)

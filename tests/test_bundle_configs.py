@@ -98,3 +98,39 @@ def test_executed_config_is_the_command_lines(bundle, tmp_path, monkeypatch):
     assert save_execute_config(argv + ["--save_execute_config", "false"]) is None
     assert save_execute_config(["pytest", "-q"]) is None
     assert len(list((tmp_path / "eval").glob("config_*.json"))) == 1 and not (BUNDLES / bundle / "false").exists()
+
+
+@pytest.mark.parametrize("bundle,name", [(b, n) for b in BUNDLE_NAMES for n in ("train", "multi_gpu_train")]
+                         + [("tumsyn", n) for n in ("train_text_encoder", "train", "multi_gpu_train")])
+def test_training_autotunes_cudnn_after_seeding(bundle, name):
+    """``set_determinism`` with a seed turns cuDNN's autotuning off; every training config turns it
+    back on afterwards (``cudnn_benchmark``, default true), or GPU training runs the slower
+    deterministic kernels."""
+    init = load(bundle, name)["initialize"]
+    seeded = [i for i, s in enumerate(init) if "set_determinism" in s]
+    tuned = [i for i, s in enumerate(init) if s == "$mrsynth.amp.cudnn_autotune(@cudnn_benchmark)"]
+    assert seeded and tuned and tuned[0] > seeded[0], f"{bundle}/{name}: {init}"
+    cfg = load(bundle, name)
+    if "seed" in cfg:  # the first config of the stack defines the flag beside the seed
+        assert cfg["cudnn_benchmark"] is True
+
+
+def test_cudnn_autotune_sets_both_flags():
+    import torch
+    from monai.utils import set_determinism
+
+    from mrsynth.amp import cudnn_autotune
+
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        set_determinism(seed=0)
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+        assert cudnn_autotune(True) is True
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+        assert cudnn_autotune("false") is False  # as it arrives from the command line
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+        with pytest.raises(ValueError, match="cudnn_benchmark"):
+            cudnn_autotune("fast")
+    finally:
+        set_determinism(seed=None)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before

@@ -25,6 +25,14 @@ One command, meant for one GPU (it runs on a CPU too, slowly; ``--quick`` makes 
     python tools/benchmark_paper_size.py --out gpu_bench [--seeds 0 1 2] [--marks 60 120 240]
         [--report gpu.md] [--skip-run]
     python tools/benchmark_paper_size.py --out smoke --quick        # CPU smoke test (~3 minutes)
+    python tools/benchmark_paper_size.py --out gpu_bench --step-only   # the training step alone
+
+``--step-only`` times the training step alone (the same network, crop, batch, loss and mixed
+precision, on random tensors: no data loading, no engine) under each way of running a batch with
+several targets (``Seq2Seq.mixed_targets``: one grouped convolution, or one sub-batch per target;
+a batch with one target for reference) and with cuDNN autotuning on and off, and writes
+``<out>/step.json``: where the time of a training step goes on a GPU, against the whole loop's
+rate that the snapshot records give.
 
 Outputs: ``<out>/seed<S>/models/model_t<M>s.pt`` and ``model_tsnapshots.json``,
 ``<out>/seed<S>/eval_t<M>s/summary.json`` (and the evaluation's other files),
@@ -111,6 +119,66 @@ def evaluate(args, seed: int, run_dir: Path, rec: dict, threads: int):
            "--ckpt_path", rec["path"], "--output_dir", str(out), "--mlflow", "false"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", GIT_PYTHON_REFRESH="quiet", OMP_NUM_THREADS=str(threads))
     return subprocess.Popen(cmd, cwd=BUNDLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), time.time()
+
+
+def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
+    """Time the training step alone (see the module docstring); returns one record per variant."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from mrsynth.amp import cudnn_autotune
+
+    parser = ConfigParser()
+    parser.read_config(configs(args))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = args.batch_cases * args.samples_per_case
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
+    y = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
+    codes = {"4 targets": torch.arange(batch) % 4, "1 target": torch.zeros(batch, dtype=torch.long)}
+    loss_fn = torch.nn.SmoothL1Loss(beta=0.05)
+    amp = device.type == "cuda"
+    records = []
+    for autotune in (False, True):
+        cudnn_autotune(autotune)
+        for mode, code_name in (("grouped", "4 targets"), ("split", "4 targets"), ("grouped", "1 target")):
+            torch.manual_seed(0)
+            net = parser.get_parsed_content("network_def", instantiate=True, lazy=False).to(device)
+            net.mixed_targets = mode
+            opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.5, 0.999))
+            scaler = torch.amp.GradScaler(device.type, enabled=amp)
+            code = codes[code_name].to(device)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    loss = loss_fn(net(x, code).float(), y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            for _ in range(warmup):
+                step()
+            if amp:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if amp:
+                torch.cuda.synchronize()
+            ms = 1000 * (time.perf_counter() - t) / steps
+            rec = {"cudnn_benchmark": autotune, "mixed_targets": mode, "targets": code_name, "batch": batch,
+                   "ms_per_step": round(ms, 2), "slices_per_s": round(1000 * batch / ms, 1)}
+            print(json.dumps(rec), flush=True)
+            records.append(rec)
+            del net, opt
+            if amp:
+                torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name(0) if amp else "CPU"
+    (out / "step.json").write_text(json.dumps({"device": name, "patch": list(args.patch), "records": records}, indent=1))
+    return records
 
 
 def make_data(args) -> None:
@@ -208,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="phantom-writing processes")
     ap.add_argument("--quick", action="store_true", help="stack quick.json (CPU smoke test)")
     ap.add_argument("--skip-run", action="store_true", help="only report on the runs under --out")
+    ap.add_argument("--step-only", action="store_true", help="time the training step alone (<out>/step.json) and stop")
     ap.add_argument("--report", help="also write the Markdown here")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     return ap
@@ -217,6 +286,9 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     args.marks = sorted(args.marks)
+    if args.step_only:
+        step_benchmark(args)
+        return 0
     if args.child is not None:
         child_train(args, args.child)
         return 0

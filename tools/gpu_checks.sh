@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 8 and 12 as one script for a lent GPU machine (the device tool):
-#   1. TUMSyn at the paper's width: a whole 1 mm brain (197 x 233 x 189), fp32 and amp, while the
-#      phantom data of step 2 is written on the CPUs;
-#   2. paper-size Seq2Seq, 3 training seeds at once, 200 s of training each, snapshots at 60 / 120 /
-#      200 s, every snapshot evaluated (tools/benchmark_paper_size.py).
+# The GPU checks of issue 8 as one script for a lent GPU machine (the device tool):
+#   1. the paper-size Seq2Seq training step alone (tools/benchmark_paper_size.py --step-only): a
+#      batch with four targets as one grouped convolution or one sub-batch per target, cuDNN
+#      autotuning off and on, while the phantom data of step 2 is written on the CPUs;
+#   2. paper-size Seq2Seq, 3 training seeds at once, ${TRAIN_S:-240} s of training each, snapshots
+#      at 60 / 120 / that many seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
+# TUMSYN=1 also times TUMSyn on a whole 1 mm brain at the paper's width (tools/benchmark_tumsyn.py).
 # Usage (repository root; wheels of the packages the machine lacks in .whl/, see the device tool's
 # README): bash tools/gpu_checks.sh OUT_DIR
 set -u
 OUT=${1:?output folder}
+TRAIN_S=${TRAIN_S:-240}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -20,15 +23,21 @@ DATA=/tmp/paper_size
 W=$(( $(nproc) / 2 ))
 python3 tools/phantom.py --out $DATA/train --subjects 16 --spacing 2 --seed 0 --drop-max 1 --layout brats --quiet --workers $W &
 python3 tools/phantom.py --out $DATA/test --subjects 4 --spacing 2 --seed 1 --layout brats --quiet --workers 4 &
-timeout 120 python3 tools/benchmark_tumsyn.py --device cuda --whole-brain 197 233 189 --amp --skip-window \
-  --out "$OUT/tumsyn_gpu.json" > "$OUT/tumsyn_gpu.log" 2>&1
-echo "tumsyn rc=$?"; tail -25 "$OUT/tumsyn_gpu.log"
+timeout 150 python3 tools/benchmark_paper_size.py --out $DATA --step-only > "$OUT/step.log" 2>&1
+echo "step rc=$?"; cat "$OUT/step.log" | grep -v Warning | tail -8; cp $DATA/step.json "$OUT/" 2>/dev/null
+if [ "${TUMSYN:-0}" = 1 ]; then
+  timeout 120 python3 tools/benchmark_tumsyn.py --device cuda --whole-brain 197 233 189 --amp --skip-window \
+    --out "$OUT/tumsyn_gpu.json" > "$OUT/tumsyn_gpu.log" 2>&1
+  echo "tumsyn rc=$?"; tail -25 "$OUT/tumsyn_gpu.log"
+fi
 wait
-timeout 400 python3 tools/benchmark_paper_size.py --out $DATA --seeds 0 1 2 --marks 60 120 200 --report "$OUT/paper_size.md" \
-  > "$OUT/paper_size.log" 2>&1
+(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu_util.csv" 2>/dev/null &)
+timeout $(( TRAIN_S + 260 )) python3 tools/benchmark_paper_size.py --out $DATA --seeds 0 1 2 --marks 60 120 $TRAIN_S \
+  --report "$OUT/paper_size.md" > "$OUT/paper_size.log" 2>&1
 echo "paper size rc=$?"
-tail -60 "$OUT/paper_size.log"
+grep -v -i "warn" "$OUT/paper_size.log" | tail -60
 cp $DATA/paper_size.json "$OUT/" 2>/dev/null
-cp $DATA/seed0/eval_t200s/grids/PHANTOM_0000.png "$OUT/grid_seed0_t200s.png" 2>/dev/null
-cp $DATA/seed0/eval_t200s/summary.json "$OUT/summary_seed0_t200s.json" 2>/dev/null
+cp $DATA/seed0/eval_t${TRAIN_S}s/grids/PHANTOM_0000.png "$OUT/grid_seed0_t${TRAIN_S}s.png" 2>/dev/null
+cp $DATA/seed0/eval_t${TRAIN_S}s/summary.json "$OUT/summary_seed0_t${TRAIN_S}s.json" 2>/dev/null
+pkill -f "nvidia-smi --query-gpu" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
