@@ -332,44 +332,6 @@ def test_single_conv_path_gives_same_gradients_as_grouped_path(monkeypatch):
         torch.testing.assert_close(fast[name], slow[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("code", [[2, 0, 2, 1, 0, 2], [[0.0, 1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 0.0, 1.0]] * 3])
-def test_split_by_target_equals_grouped_convolution(monkeypatch, code):
-    """``mixed_targets = "split"`` (a GPU's default) decodes one sub-batch per target through the
-    single-convolution path: same outputs, in the batch's order, and same gradients as the
-    grouped convolution, for index and one-hot codes."""
-    net = tiny(2, 3, 3).train()
-    x, code = torch.randn(6, 3, 16, 16), torch.tensor(code)
-    weight = torch.linspace(-1, 1, 6 * 3 * 16 * 16).reshape(6, 3, 16, 16)
-
-    def run(mode):
-        net.mixed_targets = mode
-        net.zero_grad()
-        y = net(x, code)
-        (y * weight).sum().backward()
-        return y.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
-
-    calls = []
-    original = HyperConv.conv_per_sample
-    monkeypatch.setattr(HyperConv, "conv_per_sample", lambda self, *a: calls.append(1) or original(self, *a))
-    y_split, g_split = run("split")
-    assert not calls, "split decoding must not use the grouped convolution"
-    y_grouped, g_grouped = run("grouped")
-    assert calls
-    torch.testing.assert_close(y_split, y_grouped, atol=1e-5, rtol=0)
-    scale = max(g.abs().max() for g in g_grouped.values())
-    for name in g_grouped:  # biases before an instance norm have zero gradient up to rounding: compare on one scale
-        torch.testing.assert_close(g_split[name], g_grouped[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
-
-
-def test_mixed_targets_auto_is_grouped_on_cpu_and_rejects_unknown_modes(monkeypatch):
-    net = tiny(2, 1, 1).train()
-    monkeypatch.setattr(Seq2Seq, "_decode_split", lambda *a: (_ for _ in ()).throw(AssertionError("split on CPU")))
-    net(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 0, 1]))  # auto: grouped on the CPU
-    net.mixed_targets = "by_target"
-    with pytest.raises(ValueError, match="mixed_targets"):
-        net(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))
-
-
 def test_cpu_inference_path_equals_batched_training_path():
     """Without autograd a CPU batch runs one sample at a time with each bank mixed once per target
     (memoised); with autograd the same batch runs as grouped convolutions. Same function."""

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 8 as one script for a lent GPU machine (the device tool):
 #   1. the paper-size Seq2Seq training step alone (tools/benchmark_paper_size.py --step-only): a
-#      batch with four targets as one grouped convolution or one sub-batch per target, cuDNN
-#      autotuning off and on, while the phantom data of step 2 is written on the CPUs;
+#      batch with four targets or one, cuDNN autotuning off and on, while the phantom data of
+#      step 2 is written on the CPUs (SKIP_STEP=1 skips it);
 #   2. paper-size Seq2Seq, 3 training seeds at once, ${TRAIN_S:-240} s of training each, snapshots
 #      at 60 / 120 / that many seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
 # TUMSYN=1 also times TUMSyn on a whole 1 mm brain at the paper's width (tools/benchmark_tumsyn.py).
@@ -23,8 +23,10 @@ DATA=/tmp/paper_size
 W=$(( $(nproc) / 2 ))
 python3 tools/phantom.py --out $DATA/train --subjects 16 --spacing 2 --seed 0 --drop-max 1 --layout brats --quiet --workers $W &
 python3 tools/phantom.py --out $DATA/test --subjects 4 --spacing 2 --seed 1 --layout brats --quiet --workers 4 &
-timeout 150 python3 tools/benchmark_paper_size.py --out $DATA --step-only > "$OUT/step.log" 2>&1
-echo "step rc=$?"; cat "$OUT/step.log" | grep -v Warning | tail -8; cp $DATA/step.json "$OUT/" 2>/dev/null
+if [ "${SKIP_STEP:-0}" != 1 ]; then
+  timeout 150 python3 tools/benchmark_paper_size.py --out $DATA --step-only > "$OUT/step.log" 2>&1
+  echo "step rc=$?"; cat "$OUT/step.log" | grep -v Warning | tail -8; cp $DATA/step.json "$OUT/" 2>/dev/null
+fi
 if [ "${TUMSYN:-0}" = 1 ]; then
   timeout 120 python3 tools/benchmark_tumsyn.py --device cuda --whole-brain 197 233 189 --amp --skip-window \
     --out "$OUT/tumsyn_gpu.json" > "$OUT/tumsyn_gpu.log" 2>&1
@@ -32,7 +34,7 @@ if [ "${TUMSYN:-0}" = 1 ]; then
 fi
 wait
 (nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu_util.csv" 2>/dev/null &)
-timeout $(( TRAIN_S + 260 )) python3 tools/benchmark_paper_size.py --out $DATA --seeds 0 1 2 --marks 60 120 $TRAIN_S \
+timeout $(( TRAIN_S + 260 )) python3 tools/benchmark_paper_size.py --out $DATA --seeds 0 1 2 --marks $(echo 60 120 $TRAIN_S | tr " " "\n" | sort -nu | tr "\n" " ") \
   --report "$OUT/paper_size.md" > "$OUT/paper_size.log" 2>&1
 echo "paper size rc=$?"
 grep -v -i "warn" "$OUT/paper_size.log" | tail -60

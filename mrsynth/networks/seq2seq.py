@@ -437,14 +437,6 @@ class Seq2Seq(_EncoderDecoder):
     faster on the CPU, where a sample's activations stay in the caches and a batch's do not
     (``tools/bench_speed.py`` measures it). ``forward(x, code)`` is ``decode(encode(x), code)``.
 
-    A batch with several targets (training draws one per sample) is decoded, by default on a GPU,
-    as one sub-batch per target (``mixed_targets = "split"``): every hyper-convolution then runs
-    as one ordinary convolution per target instead of one grouped convolution with the batch
-    folded into its groups (``"grouped"``, the default on the CPU, where it was measured faster).
-    Instance normalisation is per sample, so both give the same result and the same gradients.
-    Set the attribute on an instance to force either (``tools/benchmark_paper_size.py --step-only``
-    times both on a GPU).
-
     Args:
         spatial_dims: 2 (2D and 2.5D) or 3.
         in_channels: source image channels (3 adjacent slices for 2.5D).
@@ -466,8 +458,6 @@ class Seq2Seq(_EncoderDecoder):
           (``(1,)`` / ``(1, num_codes)`` for the whole batch). Samples may have different targets.
         - output: ``(B, out_channels, *spatial)``.
     """
-
-    mixed_targets: str = "auto"  # "auto" (split off the CPU), "split" or "grouped": see the class docstring
 
     @classmethod
     def paper(cls, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, **kwargs) -> "Seq2Seq":
@@ -509,36 +499,6 @@ class Seq2Seq(_EncoderDecoder):
         return torch.cat(out)
 
     @torch.jit.unused
-    def _split_mode(self, features: torch.Tensor, code: torch.Tensor) -> bool:
-        mode = self.mixed_targets
-        if mode not in ("auto", "split", "grouped"):
-            raise ValueError(f"Seq2Seq.mixed_targets must be 'auto', 'split' or 'grouped', got {mode!r}")
-        if features.shape[0] <= 1 or code.shape[0] <= 1 or mode == "grouped":
-            return False
-        return mode == "split" or features.device.type != "cpu"
-
-    @torch.jit.unused
-    def _decode_split(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """Decode one sub-batch per distinct target (see the class docstring); the batch order is kept.
-        ``"auto"`` keeps the grouped convolution when every sample has its own target."""
-        if code.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"Seq2Seq got {code.shape[0]} target codes for a batch of {features.shape[0]}; pass one per sample or one for all"
-            )
-        _, group = torch.unique(code, dim=0, return_inverse=True)
-        counts = torch.bincount(group).tolist()
-        if len(counts) == 1 or (len(counts) == features.shape[0] and self.mixed_targets == "auto"):
-            return self.decoder(features, code)
-        order = torch.sort(group, stable=True).indices
-        parts = [
-            self.decoder(f, c)
-            for f, c in zip(features.index_select(0, order).split(counts), code.index_select(0, order).split(counts))
-        ]
-        restore = torch.empty_like(order)
-        restore[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(parts).index_select(0, restore)
-
-    @torch.jit.unused
     def _decode_per_sample_memoised(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         with memoised_mixing():
             return self._decode_per_sample(features, code)
@@ -571,9 +531,6 @@ class Seq2Seq(_EncoderDecoder):
             if torch.jit.is_scripting():
                 return self._decode_per_sample(features, code)
             return self._decode_per_sample_memoised(features, code)
-        if not torch.jit.is_scripting():
-            if self._split_mode(features, code):
-                return self._decode_split(features, code)
         return self.decoder(features, code)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
