@@ -74,12 +74,12 @@ def loss_study(a) -> None:
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.5, 0.999))
-    loss = torch.nn.SmoothL1Loss(beta=0.05)
+    loss = torch.nn.SmoothL1Loss(beta=a.beta)
     df = net.encoder.downsample_factor
     fixed_target = SEQ.index(a.target) if a.target else -1
 
     def sample():
-        xs, ys, sc, tc = [], [], [], []
+        xs, ys, sc, tc, alls = [], [], [], [], []
         v = vols[np.random.randint(len(vols))]
         for _ in range(4):
             s, t = np.random.randint(4), np.random.randint(4)
@@ -92,8 +92,8 @@ def loss_study(a) -> None:
             z = np.random.randint(1, D - 1)
             x0, y0 = np.random.randint(0, H - a.patch + 1), np.random.randint(0, W - a.patch + 1)
             sl = v[:, x0:x0 + a.patch, y0:y0 + a.patch, z - 1:z + 2].permute(0, 3, 1, 2)
-            xs.append(sl[s]), ys.append(sl[t]), sc.append(s), tc.append(t)
-        return torch.stack(xs), torch.stack(ys), torch.tensor(sc), torch.tensor(tc)
+            xs.append(sl[s]), ys.append(sl[t]), sc.append(s), tc.append(t), alls.append(sl)
+        return torch.stack(xs), torch.stack(ys), torch.tensor(sc), torch.tensor(tc), torch.stack(alls)
 
     @torch.no_grad()
     def evaluate() -> dict:
@@ -118,12 +118,18 @@ def loss_study(a) -> None:
     t0 = time.time()
     net.train()
     for step in range(1, a.steps + 1):
-        x, y, sc, tc = sample()
+        x, y, sc, tc, alls = sample()
         n = x.shape[0]
-        both = net(torch.cat([x, x]), torch.cat([tc, sc]))
-        out_tgt, out_src = both[:n], both[n:]
-        out_cyc = net(out_tgt, sc)
-        total = a.rec * loss(out_tgt, y) + a.self * loss(out_src, x) + a.cycle * loss(out_cyc, x)
+        if a.all_targets:  # each source slice encoded once, decoded to each of the other three sequences
+            feats = net.encode(x)
+            idx = [(i, t) for i in range(n) for t in range(4) if t != int(sc[i])]
+            out = net.decode(feats[[i for i, _ in idx]], torch.tensor([t for _, t in idx]))
+            total = a.rec * loss(out, torch.stack([alls[i, t] for i, t in idx]))
+        else:
+            both = net(torch.cat([x, x]), torch.cat([tc, sc]))
+            out_tgt, out_src = both[:n], both[n:]
+            out_cyc = net(out_tgt, sc)
+            total = a.rec * loss(out_tgt, y) + a.self * loss(out_src, x) + a.cycle * loss(out_cyc, x)
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -172,6 +178,9 @@ def main(argv=None) -> int:
     lo.add_argument("--identity-prob", type=float, default=None, help="P(target = source); default independent draws")
     lo.add_argument("--target", choices=SEQ, default=None, help="train one target only (every other source)")
     lo.add_argument("--lr", type=float, default=1e-3)
+    lo.add_argument("--beta", type=float, default=0.05, help="SmoothL1's transition point (quick.json: 0.05)")
+    lo.add_argument("--all-targets", action="store_true",
+                    help="decode every source slice to all three other sequences (one encoding, three targets)")
     lo.add_argument("--patch", type=int, default=96)
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--threads", type=int, default=1)
