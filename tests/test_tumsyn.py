@@ -243,6 +243,31 @@ def test_acquisition_parameters_reach_the_output_and_are_required():
         torch.testing.assert_close(paper(image, tok, coords, acq), paper(image, tok, coords))
 
 
+def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
+    """query_to_decoder: the text query appended to the features as constant channels, so the
+    prompt reaches the decoder's first layer even where the fusion leaves the features unchanged
+    (FiLM and adapter at their zero initialisation); scripting keeps it."""
+    from mrsynth.transforms import acquisition_features
+
+    net = tiny_tumsyn(acquisition_features=12, query_to_decoder=True).eval()
+    assert net.decoder.mlp[0].in_features == 2 * 8 + 6
+    image, tok, coords = tumsyn_inputs()
+    same = tok[:1].expand(2, -1)
+    acq = torch.stack([acquisition_features("TR/TE/TI/FA: (4000, 120, None, 90)"),
+                       acquisition_features("TR/TE/TI/FA: (9000, 110, 2480, 90)")])
+    img = image[:1].expand(2, -1, -1, -1, -1)
+    with torch.no_grad():
+        text = net.encode_text(same, acq)
+        f = net.encode(img, text)
+        assert f.shape == (2, 16, *image.shape[2:])
+        q = net.fusion.text_query(text)
+        torch.testing.assert_close(f[:, 8:], q.view(2, 8, 1, 1, 1).expand(-1, -1, *image.shape[2:]))
+        y = net(img, same, coords[:1].expand(2, -1, -1), acq)
+        assert (y[0] - y[1]).abs().max() > 1e-4  # only the acquisition parameters differ
+        torch.testing.assert_close(torch.jit.script(net)(img, same, coords[:1].expand(2, -1, -1), acq), y)
+    assert tiny_tumsyn(acquisition_features=12).decoder.mlp[0].in_features == 8 + 6  # the paper's decoder
+
+
 def test_fusion_film_starts_as_identity():
     net = tiny_tumsyn().eval()
     f = torch.randn(2, 8, 3, 3, 3)

@@ -125,11 +125,13 @@ def loss_study(a) -> None:
             idx = [(i, t) for i in range(n) for t in range(4) if t != int(sc[i])]
             out = net.decode(feats[[i for i, _ in idx]], torch.tensor([t for _, t in idx]))
             total = a.rec * loss(out, torch.stack([alls[i, t] for i, t in idx]))
-        else:
+        elif a.self or a.cycle:
             both = net(torch.cat([x, x]), torch.cat([tc, sc]))
             out_tgt, out_src = both[:n], both[n:]
             out_cyc = net(out_tgt, sc)
             total = a.rec * loss(out_tgt, y) + a.self * loss(out_src, x) + a.cycle * loss(out_cyc, x)
+        else:  # the target term alone: one pass, as the bundle's step
+            total = a.rec * loss(net(x, tc), y)
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -293,6 +293,12 @@ class TUMSyn(nn.Module):
             (:data:`mrsynth.transforms.ACQUISITION_FEATURES`, 12) read by an
             :class:`AcquisitionEncoder` whose output is added to the text embedding; ``0`` (the
             paper): the prompt reaches the network as tokens only.
+        query_to_decoder: also give the implicit decoder the fusion's text query ``q`` (``C``
+            more inputs at every point, constant over the patch): the decoder's first layer then
+            depends on the prompt directly, not only through the features that the prompt
+            modulated. ``False`` (default) is the paper's decoder. On the phantom it helped only
+            together with pairs of different images and no super-resolution
+            (``tools/tumsyn_loop.py``, ``bundles/tumsyn/docs/README.md``).
 
     ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
     None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
@@ -302,7 +308,7 @@ class TUMSyn(nn.Module):
 
     def __init__(self, text_encoder: TextEncoder, in_channels: int = 1, features: int = 64, num_blocks: int = 8,
                  heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
-                 train_text_encoder: bool = False, acquisition_features: int = 0) -> None:
+                 train_text_encoder: bool = False, acquisition_features: int = 0, query_to_decoder: bool = False) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.acquisition_features = int(acquisition_features)
@@ -313,7 +319,8 @@ class TUMSyn(nn.Module):
             self.text_encoder.requires_grad_(False)
         self.encoder = PatchEncoder(in_channels, features, num_blocks)
         self.fusion = TextConditionedFusion(features, text_encoder.embed_dim, heads, adapter_hidden)
-        self.decoder = ImplicitDecoder(features, tuple(decoder_channels))
+        self.query_to_decoder = bool(query_to_decoder)
+        self.decoder = ImplicitDecoder(2 * features if self.query_to_decoder else features, tuple(decoder_channels))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -337,8 +344,14 @@ class TUMSyn(nn.Module):
 
     @torch.jit.export
     def encode(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``."""
-        return self.fusion(self.encoder(image), text)
+        """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``
+        (``(B, 2C, X, Y, Z)`` with ``query_to_decoder``: the text query appended as constant
+        channels, which every query point samples unchanged)."""
+        f = self.fusion(self.encoder(image), text)
+        if self.query_to_decoder:
+            q = self.fusion.text_query(text).to(f.dtype)
+            f = torch.cat([f, q.view(q.shape[0], q.shape[1], 1, 1, 1).expand(-1, -1, f.shape[2], f.shape[3], f.shape[4])], 1)
+        return f
 
     @torch.jit.export
     def query(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

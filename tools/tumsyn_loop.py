@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Why TUMSyn's stage 2 stays a copy of its source on the phantom: the bare training loop with
+variants, evaluated on whole volumes every ``--every`` steps.
+
+The loop is stage 2 of the bundle (``configs/train_text_encoder.json`` + ``train.json`` +
+``quick.json``, the data pipeline of ``train#dataloader``, the frozen stage-1 text encoder from
+``<study>/bundle/models/text_encoder.pt``, loss ``0.5 L1`` in both directions) without the engine,
+on the data of a finished ``tools/tumsyn_study.py`` run (``<study>/train``, ``<study>/test``), at
+that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 queries). Variants:
+
+* ``--source-acquisition``: the source's acquisition numbers beside the target's (the network
+  reads 24 numbers instead of 12): does knowing the source's contrast help?
+* ``--query-to-decoder``: the text query also enters the implicit decoder
+  (``TUMSyn(query_to_decoder=True)``);
+* ``--no-identity-pairs``: never the same image as source and target;
+* ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone.
+
+Every ``--every`` steps it synthesizes whole volumes of one training and one test subject (the
+first of each) for a few (source, target) pairs and prints Pearson r inside the brain with the
+noiseless target and, beside it, with the (noisy) source: a synthesis that correlates more with
+its source than with its target is a copy::
+
+    python tools/tumsyn_study.py --out study ...            # data and stage 1 (see the bundle docs)
+    python tools/tumsyn_loop.py --study study --steps 600 [--query-to-decoder --no-identity-pairs --scale1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CONFIGS = REPO / "bundles" / "tumsyn" / "configs"
+PAIRS = [("t1", "t2"), ("t1", "flair"), ("t2", "t1"), ("t1", "p00"), ("t2", "p01")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", type=Path, required=True, help="a tools/tumsyn_study.py output folder")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--every", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--source-acquisition", action="store_true")
+    ap.add_argument("--query-to-decoder", action="store_true")
+    ap.add_argument("--no-identity-pairs", action="store_true")
+    ap.add_argument("--scale1", action="store_true")
+    return ap
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float32)
+
+
+@torch.no_grad()
+def evaluate(net, tokenizer, case_dir: Path, source_acq: bool) -> dict:
+    """r with the noiseless target and r with the source, inside the brain, per pair of PAIRS."""
+    from mrsynth.metrics import pearson_r
+    from mrsynth.networks.tumsyn import voxel_centers
+    from mrsynth.transforms import Prompt, acquisition_features
+
+    net.eval()
+    case = case_dir.name
+    brain = _read(case_dir / f"{case}_tissue.nii.gz") > 0
+    res = {}
+    for s, t in PAIRS:
+        src = _read(case_dir / f"{case}_{s}.nii.gz")
+        lo, hi = np.percentile(src, [0.01, 99.9])
+        x = torch.as_tensor(np.clip((src - lo) / (hi - lo), 0, 1).astype(np.float32))[None, None]
+        lo, hi = np.percentile(_read(case_dir / f"{case}_{t}.nii.gz"), [0.01, 99.9])
+        truth = (_read(case_dir / f"{case}_{t}_noiseless.nii.gz") - lo) / (hi - lo)
+        sp, tp = (Prompt.from_sidecar(case_dir / f"{case}_{n}.json") for n in (s, t))
+        acq = acquisition_features(tp)
+        if source_acq:
+            acq = torch.cat([acq, acquisition_features(sp)])
+        f = net.encode(x, net.encode_text(tokenizer([tp]), acq[None]))
+        c = voxel_centers(list(x.shape[2:]))[None]
+        out = torch.cat([net.query(f, c[:, i:i + 65536]) for i in range(0, c.shape[1], 65536)], 1)
+        out = out.reshape(x.shape[2:]).numpy()
+        res[f"{s}->{t}"] = (float(pearson_r(torch.as_tensor(out[brain]), torch.as_tensor(truth[brain]))),
+                            float(pearson_r(torch.as_tensor(out[brain]), x[0, 0][torch.as_tensor(brain)])))
+    net.train()
+    return res
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from monai.bundle import ConfigParser
+
+    from mrsynth.networks import TUMSyn
+    from mrsynth.transforms import ACQUISITION_FEATURES
+
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    torch.set_num_threads(a.threads)
+    p = ConfigParser()
+    p.read_config([str(CONFIGS / f) for f in ("train_text_encoder.json", "train.json", "quick.json")])
+    over = {"dataset_dir": str(a.study / "train"), "bundle_root": str(a.study / "loop"), "mlflow": False,
+            "num_workers": 0, "features": 24, "num_blocks": 3, "patch_size": 16, "num_points": 4000,
+            "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed}
+    if a.scale1:
+        over["scale_range"] = [1.0, 1.0]
+    for k, v in over.items():
+        p[k] = v
+    loader = p.get_parsed_content("train#dataloader")
+    text = p.get_parsed_content("text_encoder_def")
+    text.load_state_dict(torch.load(a.study / "bundle" / "models" / "text_encoder.pt", map_location="cpu"))
+    tokenizer = p.get_parsed_content("tokenizer")
+    n_acq = ACQUISITION_FEATURES * (2 if a.source_acquisition else 1)
+    net = TUMSyn(text, features=24, num_blocks=3, heads=2, adapter_hidden=64, decoder_channels=(128, 128, 128),
+                 acquisition_features=n_acq, query_to_decoder=a.query_to_decoder)
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=a.lr)
+    l1 = torch.nn.L1Loss()
+    train_case = sorted(d for d in (a.study / "train").iterdir() if d.is_dir())[0]
+    test_case = sorted(d for d in (a.study / "test").iterdir() if d.is_dir())[0]
+    print(f"variant: {vars(a)}", flush=True)
+    t0, step = time.time(), 0
+    net.train()
+    while step < a.steps:
+        for b in loader:
+            step += 1
+            sa, ta = b["image_prompt_acquisition"], b["label_prompt_acquisition"]
+            fwd, bwd = (torch.cat([ta, sa], 1), torch.cat([sa, ta], 1)) if a.source_acquisition else (ta, sa)
+            n = sa.shape[0]
+            out = net(torch.cat([b["image"], b["label_lr"]]), torch.cat([b["label_prompt_tokens"], b["image_prompt_tokens"]]),
+                      torch.cat([b["coords"], b["coords"]]), torch.cat([fwd, bwd]))
+            loss = 0.5 * l1(out[:n], b["label"]) + 0.5 * l1(out[n:], b["image_values"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % a.every == 0 or step == a.steps:
+                for name, case in (("training subject", train_case), ("test subject", test_case)):
+                    ev = evaluate(net, tokenizer, case, a.source_acquisition)
+                    print(f"step {step} ({time.time() - t0:.0f} s, loss {loss.item():.4f}) {name}: "
+                          + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items()), flush=True)
+            if step >= a.steps:
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
