@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -185,3 +186,28 @@ def test_configs_share_the_network_and_normalisation():
     assert plain(infer["load_transforms"]) == plain(train["load_transforms"])
     quick = json.loads((BUNDLES / B / "configs" / "quick.json").read_text())
     assert all("#" not in k for k in quick), "quick.json must only set top-level ids (it stacks on every config)"
+
+
+def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_phantom, tmp_path):
+    """tools/tumsyn_loop.py on a study-shaped folder (data, the stage-1 text encoder): two steps of
+    the variant with every option, then whole-volume r of each pair for both subjects."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import tumsyn_loop
+
+    root, _ = trained_tumsyn
+    (tmp_path / "bundle" / "models").mkdir(parents=True)
+    shutil.copy(root / "models" / "text_encoder.pt", tmp_path / "bundle" / "models")
+    for part in ("train", "test"):
+        (tmp_path / part).symlink_to(protocol_phantom)
+    args = tumsyn_loop.build_parser().parse_args(
+        ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200",
+         "--source-acquisition", "--query-to-decoder", "--no-identity-pairs", "--scale1"])
+    evals = tumsyn_loop.run(args)
+    assert [(s, n) for s, n, _ in evals] == [(2, "training subject"), (2, "test subject")]
+    for _, _, ev in evals:
+        assert set(ev) == {f"{s}->{t}" for s, t in tumsyn_loop.PAIRS}
+        assert all(-1 <= r <= 1 and -1 <= rs <= 1 for r, rs in ev.values())
+

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--query-to-decoder", action="store_true")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
+    ap.add_argument("--patch", type=int, default=16, help="cube size (the study's: 16)")
+    ap.add_argument("--points", type=int, default=4000, help="queries per cube (the study's: 4000)")
     return ap
 
 
@@ -92,7 +94,13 @@ def evaluate(net, tokenizer, case_dir: Path, source_acq: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+def run(a) -> list[tuple[int, str, dict]]:
+    """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
+    source)})`` for every evaluation."""
     from monai.bundle import ConfigParser
 
     from mrsynth.networks import TUMSyn
@@ -104,7 +112,7 @@ def main(argv=None) -> int:
     p = ConfigParser()
     p.read_config([str(CONFIGS / f) for f in ("train_text_encoder.json", "train.json", "quick.json")])
     over = {"dataset_dir": str(a.study / "train"), "bundle_root": str(a.study / "loop"), "mlflow": False,
-            "num_workers": 0, "features": 24, "num_blocks": 3, "patch_size": 16, "num_points": 4000,
+            "num_workers": 0, "features": 24, "num_blocks": 3, "patch_size": a.patch, "num_points": a.points,
             "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
     train_case = sorted(d for d in (a.study / "train").iterdir() if d.is_dir())[0]
     test_case = sorted(d for d in (a.study / "test").iterdir() if d.is_dir())[0]
     print(f"variant: {vars(a)}", flush=True)
-    t0, step = time.time(), 0
+    t0, step, evals = time.time(), 0, []
     net.train()
     while step < a.steps:
         for b in loader:
@@ -139,11 +147,12 @@ def main(argv=None) -> int:
             if step % a.every == 0 or step == a.steps:
                 for name, case in (("training subject", train_case), ("test subject", test_case)):
                     ev = evaluate(net, tokenizer, case, a.source_acquisition)
+                    evals.append((step, name, ev))
                     print(f"step {step} ({time.time() - t0:.0f} s, loss {loss.item():.4f}) {name}: "
                           + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items()), flush=True)
             if step >= a.steps:
                 break
-    return 0
+    return evals
 
 
 if __name__ == "__main__":
