@@ -84,4 +84,3 @@ def cudnn_autotune(enabled=True) -> bool:
     torch.backends.cudnn.benchmark = flag
     torch.backends.cudnn.deterministic = not flag
     return flag
-

@@ -25,7 +25,7 @@ python3 tools/phantom.py --out $DATA/train --subjects 16 --spacing 2 --seed 0 --
 python3 tools/phantom.py --out $DATA/test --subjects 4 --spacing 2 --seed 1 --layout brats --quiet --workers 4 &
 if [ "${SKIP_STEP:-0}" != 1 ]; then
   timeout 150 python3 tools/benchmark_paper_size.py --out $DATA --step-only > "$OUT/step.log" 2>&1
-  echo "step rc=$?"; cat "$OUT/step.log" | grep -v Warning | tail -8; cp $DATA/step.json "$OUT/" 2>/dev/null
+  echo "step rc=$?"; grep -v Warning "$OUT/step.log" | tail -8; cp $DATA/step.json "$OUT/" 2>/dev/null
 fi
 if [ "${TUMSYN:-0}" = 1 ]; then
   timeout 120 python3 tools/benchmark_tumsyn.py --device cuda --whole-brain 197 233 189 --amp --skip-window \
