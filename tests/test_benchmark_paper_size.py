@@ -68,10 +68,12 @@ def test_step_benchmark_times_every_variant(tmp_path):
     """--step-only: the quick network's step on random tensors, four targets or one, under each
     cuDNN setting, written to step.json (here on the CPU, one timed step each)."""
     args = bps.build_parser().parse_args(["--out", str(tmp_path), "--quick", "--step-only", "--patch", "16", "16",
-                                          "--batch-cases", "1", "--samples-per-case", "4"])
+                                          "--batch-cases", "1", "--samples-per-case", "4", "--profile"])
     recs = bps.step_benchmark(args, steps=1, warmup=1)
     saved = json.loads((tmp_path / "step.json").read_text())
     assert saved["records"] == recs and saved["patch"] == [16, 16]
     assert [(r["cudnn_benchmark"], r["targets"]) for r in recs] == [
         (b, t) for b in (False, True) for t in ("4 targets", "1 target")]
     assert all(r["batch"] == 4 and r["ms_per_step"] > 0 for r in recs)
+    table = (tmp_path / "step_profile.txt").read_text()  # the profiled step's operators, convolutions among them
+    assert "convolution" in table and "CPU total" in table

@@ -33,6 +33,8 @@ hyper-convolution one grouped convolution) and, for reference, with one target (
 convolutions), with cuDNN autotuning off (what ``set_determinism`` leaves) and on (what the
 training configs set, ``cudnn_benchmark``), and writes ``<out>/step.json``: where the time of a
 training step goes on a GPU, against the whole loop's rate that the snapshot records give.
+``--profile`` adds torch.profiler's operator table of the autotuned four-target step
+(``<out>/step_profile.txt``).
 
 Outputs: ``<out>/seed<S>/models/model_t<M>s.pt`` and ``model_tsnapshots.json``,
 ``<out>/seed<S>/eval_t<M>s/summary.json`` (and the evaluation's other files),
@@ -166,6 +168,8 @@ def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
             if amp:
                 torch.cuda.synchronize()
             ms = 1000 * (time.perf_counter() - t) / steps
+            if getattr(args, "profile", False) and autotune and code_name == "4 targets":
+                profile_step(step, Path(args.out) / "step_profile.txt", cuda=amp)
             rec = {"cudnn_benchmark": autotune, "targets": code_name, "batch": batch,
                    "ms_per_step": round(ms, 2), "slices_per_s": round(1000 * batch / ms, 1)}
             print(json.dumps(rec), flush=True)
@@ -178,6 +182,25 @@ def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
     name = torch.cuda.get_device_name(0) if amp else "CPU"
     (out / "step.json").write_text(json.dumps({"device": name, "patch": list(args.patch), "records": records}, indent=1))
     return records
+
+
+def profile_step(step, path: Path, cuda: bool, steps: int = 3, rows: int = 25) -> str:
+    """torch.profiler over ``steps`` calls of ``step``: the operators by total device time (CPU
+    time on a CPU), written to ``path`` and returned; the next GPU measurement of issue 8 (the
+    autotuned step runs far below the card's matrix rate)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    return table
 
 
 def make_data(args) -> None:
@@ -276,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="stack quick.json (CPU smoke test)")
     ap.add_argument("--skip-run", action="store_true", help="only report on the runs under --out")
     ap.add_argument("--step-only", action="store_true", help="time the training step alone (<out>/step.json) and stop")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --step-only: also profile the autotuned four-target step (<out>/step_profile.txt)")
     ap.add_argument("--report", help="also write the Markdown here")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     return ap

@@ -2,7 +2,8 @@
 # The GPU checks of issue 8 as one script for a lent GPU machine (the device tool):
 #   1. the paper-size Seq2Seq training step alone (tools/benchmark_paper_size.py --step-only): a
 #      batch with four targets or one, cuDNN autotuning off and on, while the phantom data of
-#      step 2 is written on the CPUs (SKIP_STEP=1 skips it);
+#      step 2 is written on the CPUs, and torch.profiler's operator table of the autotuned step
+#      (SKIP_STEP=1 skips it);
 #   2. paper-size Seq2Seq, 3 training seeds at once, ${TRAIN_S:-240} s of training each, snapshots
 #      at 60 / 120 / that many seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
 # TUMSYN=1 also times TUMSyn on a whole 1 mm brain at the paper's width (tools/benchmark_tumsyn.py).
@@ -24,8 +25,9 @@ W=$(( $(nproc) / 2 ))
 python3 tools/phantom.py --out $DATA/train --subjects 16 --spacing 2 --seed 0 --drop-max 1 --layout brats --quiet --workers $W &
 python3 tools/phantom.py --out $DATA/test --subjects 4 --spacing 2 --seed 1 --layout brats --quiet --workers 4 &
 if [ "${SKIP_STEP:-0}" != 1 ]; then
-  timeout 150 python3 tools/benchmark_paper_size.py --out $DATA --step-only > "$OUT/step.log" 2>&1
-  echo "step rc=$?"; grep -v Warning "$OUT/step.log" | tail -8; cp $DATA/step.json "$OUT/" 2>/dev/null
+  timeout 180 python3 tools/benchmark_paper_size.py --out $DATA --step-only --profile > $DATA/step.log 2>&1
+  echo "step rc=$?"; grep -v Warning $DATA/step.log | tail -8
+  cp $DATA/step.json $DATA/step_profile.txt "$OUT/" 2>/dev/null; head -40 "$OUT/step_profile.txt" 2>/dev/null
 fi
 if [ "${TUMSYN:-0}" = 1 ]; then
   timeout 120 python3 tools/benchmark_tumsyn.py --device cuda --whole-brain 197 233 189 --amp --skip-window \
