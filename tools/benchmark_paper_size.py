@@ -138,7 +138,7 @@ def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
     x = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
     y = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
     codes = {"4 targets": torch.arange(batch) % 4, "1 target": torch.zeros(batch, dtype=torch.long)}
-    loss_fn = torch.nn.SmoothL1Loss(beta=0.05)
+    loss_fn = torch.nn.SmoothL1Loss(beta=training_overrides(args, 0, Path(args.out))["loss_beta"])  # the runs' loss
     amp = device.type == "cuda"
     records = []
     for autotune in (False, True):

@@ -67,18 +67,20 @@ def evaluate(net, tokenizer, case_dir: Path, source_acq: bool) -> dict:
     """r with the noiseless target and r with the source, inside the brain, per pair of PAIRS."""
     from mrsynth.metrics import pearson_r
     from mrsynth.networks.tumsyn import voxel_centers
-    from mrsynth.transforms import Prompt, acquisition_features
+    from mrsynth.transforms import Prompt, acquisition_features, apply_range, percentile_range
+
+    def value_range(img):  # TUMSyn's [0, 1] scale, percentiles over all voxels (training: non-zero ones)
+        return percentile_range(img, 0.01, 99.9, 1.0, nonzero=False)
 
     net.eval()
     case = case_dir.name
     brain = _read(case_dir / f"{case}_tissue.nii.gz") > 0
     res = {}
     for s, t in PAIRS:
-        src = _read(case_dir / f"{case}_{s}.nii.gz")
-        lo, hi = np.percentile(src, [0.01, 99.9])
-        x = torch.as_tensor(np.clip((src - lo) / (hi - lo), 0, 1).astype(np.float32))[None, None]
-        lo, hi = np.percentile(_read(case_dir / f"{case}_{t}.nii.gz"), [0.01, 99.9])
-        truth = (_read(case_dir / f"{case}_{t}_noiseless.nii.gz") - lo) / (hi - lo)
+        src = torch.as_tensor(_read(case_dir / f"{case}_{s}.nii.gz"))
+        x = apply_range(src, *value_range(src), b_min=0.0, b_max=1.0)[None, None]
+        lo, hi = value_range(_read(case_dir / f"{case}_{t}.nii.gz"))
+        truth = (_read(case_dir / f"{case}_{t}_noiseless.nii.gz") - lo) / (hi - lo)  # unclipped
         sp, tp = (Prompt.from_sidecar(case_dir / f"{case}_{n}.json") for n in (s, t))
         acq = acquisition_features(tp)
         if source_acq:
@@ -103,7 +105,7 @@ def run(a) -> list[tuple[int, str, dict]]:
     source)})`` for every evaluation."""
     from monai.bundle import ConfigParser
 
-    from mrsynth.networks import TUMSyn
+    from mrsynth.engines import TUMSynTrainStep
     from mrsynth.transforms import ACQUISITION_FEATURES
 
     torch.manual_seed(a.seed)
@@ -113,18 +115,18 @@ def run(a) -> list[tuple[int, str, dict]]:
     p.read_config([str(CONFIGS / f) for f in ("train_text_encoder.json", "train.json", "quick.json")])
     over = {"dataset_dir": str(a.study / "train"), "bundle_root": str(a.study / "loop"), "mlflow": False,
             "num_workers": 0, "features": 24, "num_blocks": 3, "patch_size": a.patch, "num_points": a.points,
-            "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed}
+            "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed,
+            "acquisition_features": ACQUISITION_FEATURES * (2 if a.source_acquisition else 1),
+            "query_to_decoder": a.query_to_decoder,
+            "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]
     for k, v in over.items():
         p[k] = v
     loader = p.get_parsed_content("train#dataloader")
-    text = p.get_parsed_content("text_encoder_def")
-    text.load_state_dict(torch.load(a.study / "bundle" / "models" / "text_encoder.pt", map_location="cpu"))
+    p.get_parsed_content("load_text_encoder")  # the study's stage 1 into text_encoder_def
     tokenizer = p.get_parsed_content("tokenizer")
-    n_acq = ACQUISITION_FEATURES * (2 if a.source_acquisition else 1)
-    net = TUMSyn(text, features=24, num_blocks=3, heads=2, adapter_hidden=64, decoder_channels=(128, 128, 128),
-                 acquisition_features=n_acq, query_to_decoder=a.query_to_decoder)
+    net = p.get_parsed_content("network_def")  # the bundle's network at the widths above, on that text encoder
     opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=a.lr)
     l1 = torch.nn.L1Loss()
     train_case = sorted(d for d in (a.study / "train").iterdir() if d.is_dir())[0]
@@ -137,10 +139,9 @@ def run(a) -> list[tuple[int, str, dict]]:
             step += 1
             sa, ta = b["image_prompt_acquisition"], b["label_prompt_acquisition"]
             fwd, bwd = (torch.cat([ta, sa], 1), torch.cat([sa, ta], 1)) if a.source_acquisition else (ta, sa)
-            n = sa.shape[0]
-            out = net(torch.cat([b["image"], b["label_lr"]]), torch.cat([b["label_prompt_tokens"], b["image_prompt_tokens"]]),
-                      torch.cat([b["coords"], b["coords"]]), torch.cat([fwd, bwd]))
-            loss = 0.5 * l1(out[:n], b["label"]) + 0.5 * l1(out[n:], b["image_values"])
+            out_fwd, out_bwd = TUMSynTrainStep.passes(net, b["image"], b["label_lr"], b["image_prompt_tokens"],
+                                                      b["label_prompt_tokens"], b["coords"], True, bwd, fwd)
+            loss = 0.5 * l1(out_fwd, b["label"]) + 0.5 * l1(out_bwd, b["image_values"])
             opt.zero_grad()
             loss.backward()
             opt.step()
