@@ -33,11 +33,16 @@ apps: .venv-deploy/.installed .venv-label/.installed
 demo: venv
 	$(PY) tools/demo.py
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per process at a time, so
+# module-scoped fixtures are built once; most of a test's time is a bundle run in a subprocess with
+# one thread (OMP_NUM_THREADS=1), so two processes keep both cores of the CI machine busy.
+TEST_WORKERS ?= 2
+
 test: venv apps
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: venv  # everything but the end-to-end trainings marked slow
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .venv-deploy .venv-label demo_out .pytest_cache

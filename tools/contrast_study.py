@@ -73,7 +73,7 @@ def loss_study(a) -> None:
                   code_dim=16)
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
-    opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(a.beta1, 0.999))
     loss = torch.nn.SmoothL1Loss(beta=a.beta)
     df = net.encoder.downsample_factor
     fixed_target = SEQ.index(a.target) if a.target else -1
@@ -115,7 +115,7 @@ def loss_study(a) -> None:
         net.train()
         return {k: tuple(np.mean(v, 0)) for k, v in res.items()}
 
-    t0 = time.time()
+    t0, t_eval = time.time(), 0.0
     net.train()
     for step in range(1, a.steps + 1):
         x, y, sc, tc, alls = sample()
@@ -136,8 +136,10 @@ def loss_study(a) -> None:
         total.backward()
         opt.step()
         if step % a.eval_every == 0 or step == a.steps:
+            t1 = time.time()
             ev = evaluate()
-            print(f"step {step} ({time.time() - t0:.0f} s): mean r over the 12 pairs {np.mean([v[0] for v in ev.values()]):.3f}; "
+            t_eval += time.time() - t1
+            print(f"step {step} ({time.time() - t0:.0f} s, {time.time() - t0 - t_eval:.0f} s training): mean r over the 12 pairs {np.mean([v[0] for v in ev.values()]):.3f}; "
                   + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items() if k.startswith("t1->")),
                   flush=True)
 
@@ -180,6 +182,7 @@ def main(argv=None) -> int:
     lo.add_argument("--identity-prob", type=float, default=None, help="P(target = source); default independent draws")
     lo.add_argument("--target", choices=SEQ, default=None, help="train one target only (every other source)")
     lo.add_argument("--lr", type=float, default=1e-3)
+    lo.add_argument("--beta1", type=float, default=0.5, help="Adam's first-moment decay (the papers' and the bundles': 0.5)")
     lo.add_argument("--beta", type=float, default=0.05, help="SmoothL1's transition point (quick.json: 0.05)")
     lo.add_argument("--all-targets", action="store_true",
                     help="decode every source slice to all three other sequences (one encoding, three targets)")
