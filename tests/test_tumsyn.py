@@ -534,6 +534,42 @@ def test_implicit_sample_random_scale_and_prompt_without_voxel_size():
     assert len(scales) > 1
 
 
+def test_implicit_targets_per_source_share_all_but_the_target():
+    """Groups of ``targets_per_source`` samples: one source, cube, scale and set of queries, each
+    with another target (distinct while the case has enough images), so that only the target's
+    prompt tells them apart."""
+    d = ramp_case()
+    d["flair"] = MetaTensor(3 * d["t1"].as_tensor(), affine=d["t1"].affine)
+    d["flair_prompt"] = Prompt(modality="FLAIR", voxel_size=(2, 2, 2), tr=9000).format()
+    factor = {"t1": 1.0, "t2": 2.0, "flair": 3.0}
+    t = RandImplicitPaird(["t1", "t2", "flair"], patch_size=8, scale_range=(1.5, 2.5), num_points=100,
+                          num_samples=4, targets_per_source=2).set_random_state(3)
+    for _ in range(5):
+        samples = t(d)
+        assert len(samples) == 4
+        for a, b in (samples[0:2], samples[2:4]):
+            assert a["src_name"] == b["src_name"] and a["tgt_name"] != b["tgt_name"]
+            assert a["src_name"] not in (a["tgt_name"], b["tgt_name"])  # identity off: never the source itself
+            assert torch.equal(a["coords"], b["coords"]) and torch.equal(a["image_values"], b["image_values"])
+            assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+            assert float(a["scale"]) == float(b["scale"]) and a["image_prompt"] == b["image_prompt"]
+            for s in (a, b):  # the target's values at the same voxels as the source's
+                torch.testing.assert_close(s["label"] / factor[s["tgt_name"]], s["image_values"] / factor[s["src_name"]],
+                                           atol=0, rtol=0)
+                torch.testing.assert_close(torch.as_tensor(s["label_lr"]) / factor[s["tgt_name"]],
+                                           torch.as_tensor(s["image"]) / factor[s["src_name"]], atol=1e-2, rtol=1e-6)
+                assert Prompt.parse(s["label_prompt"]).tr == {"t1": 500.0, "t2": 4000.0, "flair": 9000.0}[s["tgt_name"]]
+        assert not torch.equal(samples[0]["coords"], samples[2]["coords"])  # groups draw their own cubes
+    # more targets than other images: every other image once before any repeats
+    t = RandImplicitPaird(["t1", "t2"], patch_size=8, scale_range=(2, 2), num_points=10, num_samples=3,
+                          targets_per_source=3).set_random_state(0)
+    assert len({s["src_name"] for s in t(ramp_case())}) == 1
+    with pytest.raises(ValueError, match="targets_per_source"):
+        RandImplicitPaird(["t1", "t2"], num_samples=4, targets_per_source=3)
+    with pytest.raises(ValueError, match="targets_per_source"):
+        RandImplicitPaird(["t1", "t2"], num_samples=4, targets_per_source=0)
+
+
 def test_implicit_fixed_seed_repeats_per_case():
     t = RandImplicitPaird(["t1", "t2"], patch_size=8, scale_range=(1, 3), num_points=50, fixed_seed=11)
     a1, a2, b = t(ramp_case("a"))[0], t(ramp_case("a"))[0], t(ramp_case("b"))[0]

@@ -13,7 +13,10 @@ that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 
 * ``--query-to-decoder``: the text query also enters the implicit decoder
   (``TUMSyn(query_to_decoder=True)``);
 * ``--no-identity-pairs``: never the same image as source and target;
-* ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone.
+* ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone;
+* ``--targets-per-source K``: the 8 cubes of a step come in groups of K that share the source
+  cube and the queries and differ only in the target (``targets_per_source``), so that the
+  target's prompt is all that tells the K samples of a group apart.
 
 Every ``--every`` steps it synthesizes whole volumes of one training and one test subject (the
 first of each) for a few (source, target) pairs and prints Pearson r inside the brain with the
@@ -53,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--query-to-decoder", action="store_true")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
+    ap.add_argument("--targets-per-source", type=int, default=1, choices=(1, 2, 4, 8),
+                    help="cubes of a step (8) that share one source cube, each with another target")
     ap.add_argument("--patch", type=int, default=16, help="cube size (the study's: 16)")
     ap.add_argument("--points", type=int, default=4000, help="queries per cube (the study's: 4000)")
     return ap
@@ -121,6 +126,9 @@ def run(a) -> list[tuple[int, str, dict]]:
             "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]
+    if a.targets_per_source > 1:  # still 8 cubes per step: 8 / K cases, K samples each
+        over.update(targets_per_source=a.targets_per_source, samples_per_case=a.targets_per_source,
+                    batch_size=8 // a.targets_per_source)
     for k, v in over.items():
         p[k] = v
     loader = p.get_parsed_content("train#dataloader")

@@ -66,6 +66,12 @@ class RandImplicitPaird(Randomizable, MapTransform):
             (:class:`~mrsynth.transforms.PromptFromSidecard`); ``None``: no prompts.
         fixed_seed: for validation: every call reseeds from this and the case id, so a case
             always gives the same samples.
+        targets_per_source: the samples come in groups of this many that share the source image,
+            the cube, the scale and the query points and differ only in the target (distinct
+            targets where the case has enough images): within a group the target's prompt is
+            the only thing that tells the samples apart, so a network that ignores it cannot fit
+            them. ``num_samples`` must be a multiple of it. 1 (default): every sample draws its
+            own pair and cube.
 
     Each sample: ``image`` (the source cube, ``(1, P, P, P)``), ``label_lr`` (the target cube),
     ``coords`` ``(num_points, 3)`` (normalised, see :mod:`mrsynth.networks.tumsyn`), ``label``
@@ -75,7 +81,8 @@ class RandImplicitPaird(Randomizable, MapTransform):
 
     def __init__(self, sequences: Sequence[str], patch_size: int = 20, scale_range=(1.0, 3.0), num_points: int = 8000,
                  num_samples: int = 1, identity: bool = False, foreground: float = 0.05,
-                 prompt_suffix: str | None = "_prompt", fixed_seed: int | None = None) -> None:
+                 prompt_suffix: str | None = "_prompt", fixed_seed: int | None = None,
+                 targets_per_source: int = 1) -> None:
         MapTransform.__init__(self, list(sequences), allow_missing_keys=True)
         self.sequences = [str(s) for s in sequences]
         self.patch_size, self.num_points, self.num_samples = int(patch_size), int(num_points), int(num_samples)
@@ -85,6 +92,10 @@ class RandImplicitPaird(Randomizable, MapTransform):
         self.scale_range = (lo, hi)
         self.identity, self.foreground = bool(identity), float(foreground)
         self.prompt_suffix, self.fixed_seed = prompt_suffix, fixed_seed
+        self.targets_per_source = int(targets_per_source)
+        if self.targets_per_source < 1 or self.num_samples % self.targets_per_source:
+            raise ValueError(f"targets_per_source ({targets_per_source}) must be >= 1 and divide num_samples "
+                             f"({num_samples})")
 
     def randomize(self, data=None) -> None:  # draws happen per sample in __call__
         pass
@@ -97,19 +108,24 @@ class RandImplicitPaird(Randomizable, MapTransform):
         avail = [s for s in self.sequences if s in d]
         if not avail:
             raise DataError(f"none of the images {self.sequences} is present", case or None)
-        return [self._sample(d, avail, case) for _ in range(self.num_samples)]
+        out: list[dict] = []
+        for _ in range(self.num_samples // self.targets_per_source):
+            src = avail[int(self.R.randint(len(avail)))]
+            others = avail if self.identity or len(avail) == 1 else [s for s in avail if s != src]
+            if self.targets_per_source == 1:
+                targets = [others[int(self.R.randint(len(others)))]]
+            else:  # distinct targets first, repeats only where the case has too few images
+                order = [others[int(i)] for i in self.R.permutation(len(others))]
+                targets = [order[i % len(order)] for i in range(self.targets_per_source)]
+            out += self._group(d, src, targets, case)
+        return out
 
-    def _pair(self, avail: list[str]) -> tuple[str, str]:
-        src = avail[int(self.R.randint(len(avail)))]
-        others = avail if self.identity or len(avail) == 1 else [s for s in avail if s != src]
-        return src, others[int(self.R.randint(len(others)))]
-
-    def _sample(self, d: dict, avail: list[str], case: str) -> dict:
-        src, tgt = self._pair(avail)
-        a, b = torch.as_tensor(d[src]).float(), torch.as_tensor(d[tgt]).float()
-        if a.shape != b.shape:
-            raise DataError(f"{src!r} has shape {tuple(a.shape)}, {tgt!r} {tuple(b.shape)}: one grid per case is needed",
-                            case or None)
+    def _group(self, d: dict, src: str, targets: list[str], case: str) -> list[dict]:
+        a = torch.as_tensor(d[src]).float()
+        for tgt in targets:
+            if tuple(torch.as_tensor(d[tgt]).shape) != tuple(a.shape):
+                raise DataError(f"{src!r} has shape {tuple(a.shape)}, {tgt!r} {tuple(torch.as_tensor(d[tgt]).shape)}: "
+                                "one grid per case is needed", case or None)
         spatial = a.shape[1:]
         s = float(self.R.uniform(*self.scale_range))
         m = [min(int(round(self.patch_size * s)), n) for n in spatial]
@@ -117,22 +133,31 @@ class RandImplicitPaird(Randomizable, MapTransform):
         centre = fg[int(self.R.randint(len(fg)))].tolist() if len(fg) else [n // 2 for n in spatial]
         start = [min(max(c - k // 2, 0), n - k) for c, k, n in zip(centre, m, spatial)]
         sl = (slice(None),) + tuple(slice(st, st + k) for st, k in zip(start, m))
-        hr_a, hr_b = a[sl], b[sl]
         size = (self.patch_size,) * 3
-        lr = F.interpolate(torch.stack([hr_a, hr_b]), size=size, mode="area")  # (2, 1, P, P, P)
-        out = {"image": lr[0], "label_lr": lr[1], "scale": torch.tensor(s), "src_name": src, "tgt_name": tgt,
-               "case": case}
+        hr_a = a[sl]
+        lr_a = F.interpolate(hr_a[None], size=size, mode="area")[0]  # (1, P, P, P)
         if self.num_points:
             total = int(np.prod(m))
             idx = self.R.choice(total, size=self.num_points, replace=total < self.num_points)
             ijk = np.stack(np.unravel_index(idx, m), axis=-1)
             k = torch.as_tensor(m, dtype=torch.float32)
-            out["coords"] = (torch.as_tensor(ijk, dtype=torch.float32) * 2 + 1) / k - 1
-            flat_a, flat_b = hr_a.reshape(-1), hr_b.reshape(-1)
+            coords = (torch.as_tensor(ijk, dtype=torch.float32) * 2 + 1) / k - 1
             t = torch.as_tensor(idx, dtype=torch.long)
-            out["label"], out["image_values"] = flat_b[t], flat_a[t]
-        else:
-            out["label"] = lr[1]
+        samples = []
+        for tgt in targets:
+            hr_b = torch.as_tensor(d[tgt]).float()[sl]
+            lr_b = F.interpolate(hr_b[None], size=size, mode="area")[0]
+            out = {"image": lr_a.clone(), "label_lr": lr_b, "scale": torch.tensor(s), "src_name": src, "tgt_name": tgt,
+                   "case": case}
+            if self.num_points:
+                out["coords"] = coords.clone()
+                out["label"], out["image_values"] = hr_b.reshape(-1)[t], hr_a.reshape(-1)[t]
+            else:
+                out["label"] = lr_b
+            samples.append(self._prompts(out, d, src, tgt, m, case))
+        return samples
+
+    def _prompts(self, out: dict, d: dict, src: str, tgt: str, m: list[int], case: str) -> dict:
         if self.prompt_suffix is not None:
             factors = [mi / self.patch_size for mi in m]  # per-axis: the source voxel grows by m / P
             for role, name, f in (("image", src, factors), ("label", tgt, [1.0, 1.0, 1.0])):
