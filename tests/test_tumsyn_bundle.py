@@ -189,8 +189,9 @@ def test_configs_share_the_network_and_normalisation():
 
 
 def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_phantom, tmp_path):
-    """tools/tumsyn_loop.py on a study-shaped folder (data, the stage-1 text encoder): two steps of
-    the variant with every option, then whole-volume r of each pair for both subjects."""
+    """tools/tumsyn_loop.py on a study-shaped folder (data, the stage-1 text encoder): ten steps of
+    the variant with every option, then whole-volume r of each pair for both subjects and the
+    training batches' L1 with their own and with another cube's target prompt."""
     import shutil
     import sys
 
@@ -203,11 +204,13 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
     for part in ("train", "test"):
         (tmp_path / part).symlink_to(protocol_phantom)
     args = tumsyn_loop.build_parser().parse_args(
-        ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200",
-         "--source-acquisition", "--query-to-decoder", "--no-identity-pairs", "--scale1"])
+        ["--study", str(tmp_path), "--steps", "10", "--every", "10", "--patch", "8", "--points", "200",
+         "--source-acquisition", "--query-to-decoder", "--no-identity-pairs", "--scale1", "--targets-per-source", "2"])
     evals = tumsyn_loop.run(args)
-    assert [(s, n) for s, n, _ in evals] == [(2, "training subject"), (2, "test subject")]
-    for _, _, ev in evals:
+    assert [(s, n) for s, n, _ in evals] == [(10, "training subject"), (10, "test subject"), (10, "prompt gain")]
+    gain = evals[-1][2]
+    assert 0 < gain["own"] < 1 and 0 < gain["other"] < 1 and gain["own"] != gain["other"]
+    for _, _, ev in evals[:2]:
         assert set(ev) == {f"{s}->{t}" for s, t in tumsyn_loop.PAIRS}
         assert all(-1 <= r <= 1 and -1 <= rs <= 1 for r, rs in ev.values())
 

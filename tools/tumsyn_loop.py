@@ -21,7 +21,11 @@ that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 
 Every ``--every`` steps it synthesizes whole volumes of one training and one test subject (the
 first of each) for a few (source, target) pairs and prints Pearson r inside the brain with the
 noiseless target and, beside it, with the (noisy) source: a synthesis that correlates more with
-its source than with its target is a copy::
+its source than with its target is a copy. Beside it, on the training batches (every tenth step,
+averaged since the last evaluation): the forward L1 with each cube's own target prompt and with
+the target prompt of the cube before it in the batch (another target, or in a ``--targets-per-source``
+group the same source with another target): a network that ignores the prompt scores the same
+with both::
 
     python tools/tumsyn_study.py --out study ...            # data and stage 1 (see the bundle docs)
     python tools/tumsyn_loop.py --study study --steps 600 [--query-to-decoder --no-identity-pairs --scale1]
@@ -100,6 +104,17 @@ def evaluate(net, tokenizer, case_dir: Path, source_acq: bool) -> dict:
     return res
 
 
+@torch.no_grad()
+def prompt_gain(net, b: dict, acq: torch.Tensor, l1) -> tuple[float, float]:
+    """Forward L1 of batch ``b`` with each cube's own target prompt and with the next cube's."""
+    net.eval()
+    tokens, roll = b["label_prompt_tokens"], lambda x: torch.roll(x, 1, 0)
+    own = l1(net(b["image"], tokens, b["coords"], acq), b["label"]).item()
+    other = l1(net(b["image"], roll(tokens), b["coords"], roll(acq)), b["label"]).item()
+    net.train()
+    return own, other
+
+
 def main(argv=None) -> int:
     run(build_parser().parse_args(argv))
     return 0
@@ -140,13 +155,15 @@ def run(a) -> list[tuple[int, str, dict]]:
     train_case = sorted(d for d in (a.study / "train").iterdir() if d.is_dir())[0]
     test_case = sorted(d for d in (a.study / "test").iterdir() if d.is_dir())[0]
     print(f"variant: {vars(a)}", flush=True)
-    t0, step, evals = time.time(), 0, []
+    t0, step, evals, gain = time.time(), 0, [], []
     net.train()
     while step < a.steps:
         for b in loader:
             step += 1
             sa, ta = b["image_prompt_acquisition"], b["label_prompt_acquisition"]
             fwd, bwd = (torch.cat([ta, sa], 1), torch.cat([sa, ta], 1)) if a.source_acquisition else (ta, sa)
+            if step % 10 == 0:
+                gain.append(prompt_gain(net, b, fwd, l1))
             out_fwd, out_bwd = TUMSynTrainStep.passes(net, b["image"], b["label_lr"], b["image_prompt_tokens"],
                                                       b["label_prompt_tokens"], b["coords"], True, bwd, fwd)
             loss = 0.5 * l1(out_fwd, b["label"]) + 0.5 * l1(out_bwd, b["image_values"])
@@ -159,6 +176,12 @@ def run(a) -> list[tuple[int, str, dict]]:
                     evals.append((step, name, ev))
                     print(f"step {step} ({time.time() - t0:.0f} s, loss {loss.item():.4f}) {name}: "
                           + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items()), flush=True)
+                if gain:
+                    own, other = np.mean(gain, axis=0)
+                    print(f"step {step}: training batches, forward L1 with the own target prompt {own:.4f}, with "
+                          f"another cube's {other:.4f} (ratio {other / own:.2f})", flush=True)
+                    evals.append((step, "prompt gain", {"own": float(own), "other": float(other)}))
+                    gain = []
             if step >= a.steps:
                 break
     return evals
