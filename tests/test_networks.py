@@ -141,7 +141,9 @@ def test_hyperconv_shared_path_equals_grouped_path(spatial_dims, padding_mode, s
         path(x, c).square().sum().backward()
         grads.append((conv.weight.grad.clone(), conv.bias.grad.clone(), c.grad.sum(0)))
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        # float32 sums over thousands of terms, in another order per path: an error relative to the
+        # tensor's largest entry (one thread and two differ by up to 1e-6 of it), not to each entry
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()), rtol=1e-4)
 
 
 def test_hyperconv_per_sample_equals_plain_conv():
