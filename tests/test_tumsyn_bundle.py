@@ -205,9 +205,11 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
         (tmp_path / part).symlink_to(protocol_phantom)
     args = tumsyn_loop.build_parser().parse_args(
         ["--study", str(tmp_path), "--steps", "10", "--every", "10", "--patch", "8", "--points", "200",
-         "--source-acquisition", "--query-to-decoder", "--no-identity-pairs", "--scale1", "--targets-per-source", "2"])
+         "--source-acquisition", "--query-to-decoder", "--no-identity-pairs", "--scale1", "--targets-per-source", "2",
+         "--picture", str(tmp_path / "loop.png")])
     evals = tumsyn_loop.run(args)
     assert [(s, n) for s, n, _ in evals] == [(10, "training subject"), (10, "test subject"), (10, "prompt gain")]
+    assert (tmp_path / "loop.png").stat().st_size > 10_000
     gain = evals[-1][2]
     assert 0 < gain["own"] < 1 and 0 < gain["other"] < 1 and gain["own"] != gain["other"]
     for _, _, ev in evals[:2]:

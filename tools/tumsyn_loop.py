@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cubes of a step (8) that share one source cube, each with another target")
     ap.add_argument("--patch", type=int, default=16, help="cube size (the study's: 16)")
     ap.add_argument("--points", type=int, default=4000, help="queries per cube (the study's: 4000)")
+    ap.add_argument("--picture", type=Path, default=None,
+                    help="PNG of the last evaluation's test subject: source, synthesis, truth per pair (middle axial slice)")
     return ap
 
 
@@ -72,8 +74,9 @@ def _read(path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(net, tokenizer, case_dir: Path, source_acq: bool) -> dict:
-    """r with the noiseless target and r with the source, inside the brain, per pair of PAIRS."""
+def evaluate(net, tokenizer, case_dir: Path, source_acq: bool, volumes: dict | None = None) -> dict:
+    """r with the noiseless target and r with the source, inside the brain, per pair of PAIRS;
+    ``volumes``, where given, receives ``{pair: (source, synthesis, truth)}`` on the [0, 1] scale."""
     from mrsynth.metrics import pearson_r
     from mrsynth.networks.tumsyn import voxel_centers
     from mrsynth.transforms import Prompt, acquisition_features, apply_range, percentile_range
@@ -98,10 +101,32 @@ def evaluate(net, tokenizer, case_dir: Path, source_acq: bool) -> dict:
         c = voxel_centers(list(x.shape[2:]))[None]
         out = torch.cat([net.query(f, c[:, i:i + 65536]) for i in range(0, c.shape[1], 65536)], 1)
         out = out.reshape(x.shape[2:]).numpy()
+        if volumes is not None:
+            volumes[f"{s}->{t}"] = (x[0, 0].numpy(), out, truth)
         res[f"{s}->{t}"] = (float(pearson_r(torch.as_tensor(out[brain]), torch.as_tensor(truth[brain]))),
                             float(pearson_r(torch.as_tensor(out[brain]), x[0, 0][torch.as_tensor(brain)])))
     net.train()
     return res
+
+
+def picture(volumes: dict, ev: dict, path: Path, title: str) -> None:
+    """One row per pair: source, synthesis, noiseless truth (middle axial slice, [0, 1])."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 2.4 * len(volumes)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(volumes), 3, squeeze=False)
+    for row, (pair, vols) in zip(axes, volumes.items()):
+        z = vols[0].shape[2] // 2
+        for ax, img, label in zip(row, vols, ("source", f"synthesis (r {ev[pair][0]:.2f})", "truth")):
+            ax.imshow(np.rot90(img[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{pair}: {label}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
 
 
 @torch.no_grad()
@@ -172,7 +197,10 @@ def run(a) -> list[tuple[int, str, dict]]:
             opt.step()
             if step % a.every == 0 or step == a.steps:
                 for name, case in (("training subject", train_case), ("test subject", test_case)):
-                    ev = evaluate(net, tokenizer, case, a.source_acquisition)
+                    volumes = {} if a.picture is not None and name == "test subject" and step >= a.steps else None
+                    ev = evaluate(net, tokenizer, case, a.source_acquisition, volumes)
+                    if volumes:
+                        picture(volumes, ev, a.picture, f"{test_case.name}, step {step}")
                     evals.append((step, name, ev))
                     print(f"step {step} ({time.time() - t0:.0f} s, loss {loss.item():.4f}) {name}: "
                           + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items()), flush=True)
