@@ -190,8 +190,9 @@ def test_configs_share_the_network_and_normalisation():
 
 def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_phantom, tmp_path):
     """tools/tumsyn_loop.py on a study-shaped folder (data, the stage-1 text encoder): ten steps of
-    the variant with every option, then whole-volume r of each pair for both subjects and the
-    training batches' L1 with their own and with another cube's target prompt."""
+    a variant with the options, then whole-volume r of each pair for both subjects, the training
+    batches' L1 with their own and with another cube's target prompt, the physics sweeps, the
+    picture and the weights; then two steps with the source's acquisition numbers too."""
     import shutil
     import sys
 
@@ -205,14 +206,26 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
         (tmp_path / part).symlink_to(protocol_phantom)
     args = tumsyn_loop.build_parser().parse_args(
         ["--study", str(tmp_path), "--steps", "10", "--every", "10", "--patch", "8", "--points", "200",
-         "--source-acquisition", "--query-to-decoder", "--no-identity-pairs", "--scale1", "--targets-per-source", "2",
-         "--picture", str(tmp_path / "loop.png")])
+         "--query-to-decoder", "--no-identity-pairs", "--scale1", "--targets-per-source", "2",
+         "--picture", str(tmp_path / "loop.png"), "--save", str(tmp_path / "loop.pt"), "--sweeps"])
+    with pytest.raises(SystemExit, match="source-acquisition"):  # the sweeps' prompts carry the target's numbers only
+        tumsyn_loop.run(tumsyn_loop.build_parser().parse_args(["--study", str(tmp_path), "--sweeps", "--source-acquisition"]))
     evals = tumsyn_loop.run(args)
-    assert [(s, n) for s, n, _ in evals] == [(10, "training subject"), (10, "test subject"), (10, "prompt gain")]
+    assert [(s, n) for s, n, _ in evals] == [(10, "training subject"), (10, "test subject"), (10, "prompt gain"),
+                                             (10, "sweeps")]
+    sweeps = evals[-1][2]  # the study's three sweeps of six protocols, with truths that follow the physics
+    assert len(sweeps) == 3 and all(len(rows) == 6 for rows in sweeps.values())
+    te = next(rows for title, rows in sweeps.items() if "TE" in title)
+    assert te[-1]["truth"]["csf/wm"] > 2 * te[0]["truth"]["csf/wm"]  # long TE: CSF brightens against WM
+    assert all(np.isfinite(r["synthesis"]["csf/wm"]) for rows in sweeps.values() for r in rows)
+    assert set(torch.load(tmp_path / "loop.pt", weights_only=True)) >= {"decoder.mlp.0.weight", "fusion.film.weight"}
     assert (tmp_path / "loop.png").stat().st_size > 10_000
-    gain = evals[-1][2]
+    gain = evals[2][2]
     assert 0 < gain["own"] < 1 and 0 < gain["other"] < 1 and gain["own"] != gain["other"]
-    for _, _, ev in evals[:2]:
+    src_acq = tumsyn_loop.run(tumsyn_loop.build_parser().parse_args(
+        ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200", "--source-acquisition"]))
+    assert [(s, n) for s, n, _ in src_acq] == [(2, "training subject"), (2, "test subject")]
+    for _, _, ev in evals[:2] + src_acq:
         assert set(ev) == {f"{s}->{t}" for s, t in tumsyn_loop.PAIRS}
         assert all(-1 <= r <= 1 and -1 <= rs <= 1 for r, rs in ev.values())
 

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cubes of a step (8) that share one source cube, each with another target")
     ap.add_argument("--patch", type=int, default=16, help="cube size (the study's: 16)")
     ap.add_argument("--points", type=int, default=4000, help="queries per cube (the study's: 4000)")
+    ap.add_argument("--sweeps", action="store_true",
+                    help="after the last step, tools/tumsyn_study.py's TE / TI / flip-angle sweeps from the test subject's t1")
+    ap.add_argument("--save", type=Path, default=None, help="the network's weights after the last step")
     ap.add_argument("--picture", type=Path, default=None,
                     help="PNG of the last evaluation's test subject: source, synthesis, truth per pair (middle axial slice)")
     return ap
@@ -146,6 +149,8 @@ def main(argv=None) -> int:
 
 
 def run(a) -> list[tuple[int, str, dict]]:
+    if a.sweeps and a.source_acquisition:
+        raise SystemExit("--sweeps prompts with the target's acquisition numbers only: leave out --source-acquisition")
     """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
     source)})`` for every evaluation."""
     from monai.bundle import ConfigParser
@@ -212,7 +217,33 @@ def run(a) -> list[tuple[int, str, dict]]:
                     gain = []
             if step >= a.steps:
                 break
+    if a.save is not None:
+        a.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), a.save)
+    if a.sweeps:
+        evals.append((step, "sweeps", sweeps(net, tokenizer, a.study)))
     return evals
+
+
+def sweeps(net, tokenizer, study: Path) -> dict:
+    """tools/tumsyn_study.py's physics sweeps from the t1 of the study's first test subject, printed
+    as the synthesized CSF / WM and GM / WM ratios beside the truth's."""
+    import json
+
+    from tumsyn_study import physics
+
+    from mrsynth.inferers import ImplicitSlidingWindowInferer
+
+    seeds = json.loads((study / "test" / "phantom.json").read_text())["subject_seeds"]
+    spacing = float(json.loads((study / "test" / "phantom.json").read_text()).get("spacing", 3.0))
+    net.eval()
+    out = physics(net, ImplicitSlidingWindowInferer(roi_size=60, points_per_chunk=65536), tokenizer,
+                  seeds[sorted(seeds)[0]], spacing, torch.device("cpu"))
+    net.train()
+    for title, rows in out.items():
+        print(f"{title}: " + "; ".join(f"{r['value']:g}: CSF/WM {r['synthesis']['csf/wm']:.2f} (truth {r['truth']['csf/wm']:.2f}), "
+                                      f"GM/WM {r['synthesis']['gm/wm']:.2f} ({r['truth']['gm/wm']:.2f})" for r in rows), flush=True)
+    return out
 
 
 if __name__ == "__main__":
