@@ -192,7 +192,8 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
     """tools/tumsyn_loop.py on a study-shaped folder (data, the stage-1 text encoder): ten steps of
     a variant with the options, then whole-volume r of each pair for both subjects, the training
     batches' L1 with their own and with another cube's target prompt, the physics sweeps, the
-    picture and the weights; then two steps with the source's acquisition numbers too."""
+    picture and the weights; one step from those weights (``--init``); then two steps with the
+    source's acquisition numbers too."""
     import shutil
     import sys
 
@@ -222,6 +223,12 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
     assert (tmp_path / "loop.png").stat().st_size > 10_000
     gain = evals[2][2]
     assert 0 < gain["own"] < 1 and 0 < gain["other"] < 1 and gain["own"] != gain["other"]
+    saved = torch.load(tmp_path / "loop.pt", weights_only=True)  # --init continues from those weights: one step at lr 0 keeps them
+    tumsyn_loop.run(tumsyn_loop.build_parser().parse_args(
+        ["--study", str(tmp_path), "--steps", "1", "--every", "1", "--patch", "8", "--points", "200", "--query-to-decoder",
+         "--lr", "0", "--init", str(tmp_path / "loop.pt"), "--save", str(tmp_path / "again.pt")]))
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert all(torch.equal(saved[k], again[k]) for k in saved)  # without --init: the fresh network's weights
     src_acq = tumsyn_loop.run(tumsyn_loop.build_parser().parse_args(
         ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200", "--source-acquisition"]))
     assert [(s, n) for s, n, _ in src_acq] == [(2, "training subject"), (2, "test subject")]

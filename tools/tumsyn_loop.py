@@ -14,6 +14,7 @@ that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 
   (``TUMSyn(query_to_decoder=True)``);
 * ``--no-identity-pairs``: never the same image as source and target;
 * ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone;
+* ``--init PT``: continue from the weights of an earlier ``--save`` (a fresh optimizer);
 * ``--targets-per-source K``: the 8 cubes of a step come in groups of K that share the source
   cube and the queries and differ only in the target (``targets_per_source``), so that the
   target's prompt is all that tells the K samples of a group apart.
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--patch", type=int, default=16, help="cube size (the study's: 16)")
     ap.add_argument("--points", type=int, default=4000, help="queries per cube (the study's: 4000)")
     ap.add_argument("--sweeps", action="store_true",
-                    help="after the last step, tools/tumsyn_study.py's TE / TI / flip-angle sweeps from the test subject's t1")
+                    help="at every evaluation, tools/tumsyn_study.py's TE / TI / flip-angle sweeps from the test subject's t1")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these weights (a --save of the same variant; the optimizer starts afresh)")
     ap.add_argument("--save", type=Path, default=None, help="the network's weights after the last step")
     ap.add_argument("--picture", type=Path, default=None,
                     help="PNG of the last evaluation's test subject: source, synthesis, truth per pair (middle axial slice)")
@@ -149,10 +152,11 @@ def main(argv=None) -> int:
 
 
 def run(a) -> list[tuple[int, str, dict]]:
+    """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
+    source)})`` for every evaluation, then ``(step, "prompt gain", {"own", "other"})`` and with
+    ``--sweeps`` ``(step, "sweeps", {title: rows})``."""
     if a.sweeps and a.source_acquisition:
         raise SystemExit("--sweeps prompts with the target's acquisition numbers only: leave out --source-acquisition")
-    """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
-    source)})`` for every evaluation."""
     from monai.bundle import ConfigParser
 
     from mrsynth.engines import TUMSynTrainStep
@@ -180,6 +184,8 @@ def run(a) -> list[tuple[int, str, dict]]:
     p.get_parsed_content("load_text_encoder")  # the study's stage 1 into text_encoder_def
     tokenizer = p.get_parsed_content("tokenizer")
     net = p.get_parsed_content("network_def")  # the bundle's network at the widths above, on that text encoder
+    if a.init is not None:
+        net.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=True))
     opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=a.lr)
     l1 = torch.nn.L1Loss()
     train_case = sorted(d for d in (a.study / "train").iterdir() if d.is_dir())[0]
@@ -215,17 +221,17 @@ def run(a) -> list[tuple[int, str, dict]]:
                           f"another cube's {other:.4f} (ratio {other / own:.2f})", flush=True)
                     evals.append((step, "prompt gain", {"own": float(own), "other": float(other)}))
                     gain = []
+                if a.sweeps:
+                    evals.append((step, "sweeps", sweeps(net, tokenizer, a.study, step)))
             if step >= a.steps:
                 break
     if a.save is not None:
         a.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), a.save)
-    if a.sweeps:
-        evals.append((step, "sweeps", sweeps(net, tokenizer, a.study)))
     return evals
 
 
-def sweeps(net, tokenizer, study: Path) -> dict:
+def sweeps(net, tokenizer, study: Path, step: int) -> dict:
     """tools/tumsyn_study.py's physics sweeps from the t1 of the study's first test subject, printed
     as the synthesized CSF / WM and GM / WM ratios beside the truth's."""
     import json
@@ -241,7 +247,7 @@ def sweeps(net, tokenizer, study: Path) -> dict:
                   seeds[sorted(seeds)[0]], spacing, torch.device("cpu"))
     net.train()
     for title, rows in out.items():
-        print(f"{title}: " + "; ".join(f"{r['value']:g}: CSF/WM {r['synthesis']['csf/wm']:.2f} (truth {r['truth']['csf/wm']:.2f}), "
+        print(f"step {step}, {title}: " + "; ".join(f"{r['value']:g}: CSF/WM {r['synthesis']['csf/wm']:.2f} (truth {r['truth']['csf/wm']:.2f}), "
                                       f"GM/WM {r['synthesis']['gm/wm']:.2f} ({r['truth']['gm/wm']:.2f})" for r in rows), flush=True)
     return out
 
