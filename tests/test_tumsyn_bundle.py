@@ -236,3 +236,33 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
         assert set(ev) == {f"{s}->{t}" for s, t in tumsyn_loop.PAIRS}
         assert all(-1 <= r <= 1 and -1 <= rs <= 1 for r, rs in ev.values())
 
+
+
+def test_study_tool_evaluates_the_last_epoch_on_request(trained_tumsyn, protocol_phantom, tmp_path):
+    """tools/tumsyn_study.py --skip-train --weights final: the evaluation, sweeps and report use the
+    last epoch's training checkpoint (not models/model.pt, the best validation PSNR) and go to their
+    own files; with no epoch checkpoint it is an error naming the folder."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import tumsyn_study
+
+    root, _ = trained_tumsyn
+    for part in ("train", "test"):
+        (tmp_path / part).symlink_to(protocol_phantom)
+    shutil.copytree(root / "models", tmp_path / "bundle" / "models")
+    (tmp_path / "bundle" / "models" / "model.pt").unlink()  # not read with --weights final
+    argv = ["--out", str(tmp_path), "--skip-train", "--spacing", "4", "--sr-factor", "2", "--eval-sources", "['t1']",
+            "--eval-targets", "['t2']", "--overrides", '{"patch_size": 8, "num_points": 300}', "--weights", "final",
+            "--report", str(tmp_path / "final.md")]
+    assert tumsyn_study.main(argv) == 0
+    summary = json.loads((tmp_path / "eval_final" / "summary.json").read_text())
+    assert list(summary["pairs"]) == ["t1->t2"] and not (tmp_path / "eval").exists()
+    study = json.loads((tmp_path / "study_final.json").read_text())
+    assert len(study["sweep"]) == 3 and (tmp_path / "tumsyn_study_final.png").is_file()
+    assert "the last epoch's" in (tmp_path / "final.md").read_text()
+    for ckpt in (tmp_path / "bundle" / "models").glob("checkpoint*"):
+        ckpt.unlink()
+    with pytest.raises(FileNotFoundError, match="no epoch checkpoint"):
+        tumsyn_study.main(argv)

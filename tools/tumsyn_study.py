@@ -18,6 +18,10 @@
    high-resolution t1.
 
     python tools/tumsyn_study.py --out study_out [--subjects 12] [--overrides '{"features": 32}'] --report tumsyn.md
+    python tools/tumsyn_study.py --out study_out --skip-train --weights final --report tumsyn_final.md
+
+``--weights final`` evaluates the last epoch's training checkpoint instead of ``models/model.pt``
+(the epoch of the best validation PSNR at the queries, which can be an early one).
 """
 
 from __future__ import annotations
@@ -179,7 +183,9 @@ def markdown(summary: dict, sweep: dict, sr: dict, args, timings: dict) -> str:
              f"{args.protocols} random protocols each (no PD-weighted one), test on {args.test_subjects} other subjects "
              f"(`python tools/tumsyn_study.py --out DIR{' --overrides ' + repr(args.overrides) if args.overrides else ''} "
              f"--subjects {args.subjects} --epochs1 {args.epochs1} --epochs2 {args.epochs2}`); training "
-             f"{timings.get('stage1', 0) / 60:.0f} + {timings.get('stage2', 0) / 60:.0f} min on this machine's CPU.", "",
+             f"{timings.get('stage1', 0) / 60:.0f} + {timings.get('stage2', 0) / 60:.0f} min on this machine's CPU; "
+             + ("weights: models/model.pt, the best validation PSNR." if args.weights == "best"
+                else "weights: the last epoch's (`--weights final`)."), "",
              "**Targets asked for by prompt** (PSNR and r against the noiseless target inside the brain; "
              "the remap baseline is the source denoised and mapped by the best a*x+b fitted on the target):", "",
              "| source -> target | r | r, remap baseline | PSNR | PSNR, remap | PSNR vs noisy | noise-floor limit |",
@@ -226,6 +232,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-sources", default="['t1','t2']")
     ap.add_argument("--eval-targets", default=None, help="default: the named sequences and every preset")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--weights", choices=("best", "final"), default="best",
+                    help="evaluate models/model.pt (best validation PSNR, the bundle's model) or the last epoch's "
+                         "training checkpoint; the evaluation goes to <out>/eval (best) or <out>/eval_final")
     ap.add_argument("--report", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -256,20 +265,31 @@ def main(argv=None) -> int:
                       "--max_epochs", str(args.epochs2), "--val_interval", str(min(10, args.epochs2)), *common], cwd=BUNDLE)
         timings.update(TIMINGS)
         timings_path.write_text(json.dumps(timings, indent=2))
+    ckpt = root / "models" / "model.pt"
+    if args.weights == "final":
+        from mrsynth.handlers import latest_checkpoint
+
+        last = latest_checkpoint(root / "models", "checkpoint")
+        if last is None:
+            raise FileNotFoundError(f"{root / 'models'}: no epoch checkpoint (checkpoint_*epoch=N.pt) for --weights final")
+        ckpt = Path(last)
+    print(f"evaluating {ckpt}")
+    eval_dir = out / ("eval" if args.weights == "best" else "eval_final")
+    suffix = "" if args.weights == "best" else "_final"
     targets = ["t1", "t1ce", "t2", "flair", *[preset_image_name(k) for k in PROTOCOL_PRESETS]]
     targets = json.loads(args.eval_targets.replace("'", '"')) if args.eval_targets else targets
     if not args.skip_eval:
         sh("evaluate", [py, "-m", "monai.bundle", "run", "--config_file",
                         "['configs/train_text_encoder.json','configs/train.json','configs/evaluate.json','configs/quick.json']",
-                        "--dataset_dir", str(test_dir), "--bundle_root", str(root), "--output_dir", str(out / "eval"),
+                        "--dataset_dir", str(test_dir), "--bundle_root", str(root), "--output_dir", str(eval_dir), "--ckpt_path", str(ckpt),
                         "--eval_sources", args.eval_sources, "--eval_targets", json.dumps(targets), *cli], cwd=BUNDLE)
-    summary = json.loads((out / "eval" / "summary.json").read_text())
+    summary = json.loads((eval_dir / "summary.json").read_text())
 
     from mrsynth.inferers import ImplicitSlidingWindowInferer
     from mrsynth.transforms import PromptTokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net, _ = load_network(overrides, root / "models" / "model.pt", device)
+    net, _ = load_network(overrides, ckpt, device)
     inferer = ImplicitSlidingWindowInferer(roi_size=60, points_per_chunk=65536)
     tokenizer = PromptTokenizer()
     seeds = json.loads((test_dir / "phantom.json").read_text())["subject_seeds"]
@@ -278,8 +298,8 @@ def main(argv=None) -> int:
     sweep = physics(net, inferer, tokenizer, seed, args.spacing, device)
     sr = super_resolution(net, inferer, tokenizer, seed, args.spacing, args.sr_factor, device)
     print(f"sweeps and super-resolution: {time.time() - t:.0f} s")
-    picture(sweep, sr, out / "tumsyn_study.png")
-    (out / "study.json").write_text(json.dumps({"sweep": sweep, "super_resolution": {k: v for k, v in sr.items() if k != "slices"},
+    picture(sweep, sr, out / f"tumsyn_study{suffix}.png")
+    (out / f"study{suffix}.json").write_text(json.dumps({"sweep": sweep, "super_resolution": {k: v for k, v in sr.items() if k != "slices"},
                                                 "pairs": summary["pairs"]}, indent=2))
     text = markdown(summary, sweep, sr, args, timings)
     print(text)
