@@ -56,6 +56,11 @@ def test_both_stages_write_their_weights_and_stage2_keeps_the_text_encoder(train
     for k, v in text.items():  # frozen in stage 2: the synthesis model carries stage 1's weights unchanged
         torch.testing.assert_close(model[f"text_encoder.{k}"], v, rtol=0, atol=0)
     assert any(k.startswith("decoder.") for k in model) and any(k.startswith("fusion.") for k in model)
+    # model.pt: the last epoch's weights (the training checkpoint's); the best validation PSNR's beside it
+    (last,) = (root / "models").glob("checkpoint_*epoch=1.pt")
+    last = torch.load(last, weights_only=True)["model"]
+    assert set(model) == set(last) and all(torch.equal(model[k], last[k]) for k in model)
+    assert set(torch.load(root / "models" / "model_best_val.pt", weights_only=True)) == set(model)
     import mlflow
 
     # a client, not mlflow.set_tracking_uri: that one is process-wide (and exported to the bundles other tests start)
