@@ -245,8 +245,8 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
 
 def test_study_tool_evaluates_the_last_epoch_on_request(trained_tumsyn, protocol_phantom, tmp_path):
     """tools/tumsyn_study.py --skip-train --weights final: the evaluation, sweeps and report use the
-    last epoch's training checkpoint (not models/model.pt, the best validation PSNR) and go to their
-    own files; with no epoch checkpoint it is an error naming the folder."""
+    last epoch's training checkpoint (not models/model.pt) and go to their own files; with no epoch
+    checkpoint it is an error naming the folder."""
     import shutil
     import sys
 
@@ -266,7 +266,7 @@ def test_study_tool_evaluates_the_last_epoch_on_request(trained_tumsyn, protocol
     assert list(summary["pairs"]) == ["t1->t2"] and not (tmp_path / "eval").exists()
     study = json.loads((tmp_path / "study_final.json").read_text())
     assert len(study["sweep"]) == 3 and (tmp_path / "tumsyn_study_final.png").is_file()
-    assert "the last epoch's" in (tmp_path / "final.md").read_text()
+    assert "the last epoch's training checkpoint" in (tmp_path / "final.md").read_text()
     for ckpt in (tmp_path / "bundle" / "models").glob("checkpoint*"):
         ckpt.unlink()
     with pytest.raises(FileNotFoundError, match="no epoch checkpoint"):

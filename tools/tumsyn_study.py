@@ -20,8 +20,9 @@
     python tools/tumsyn_study.py --out study_out [--subjects 12] [--overrides '{"features": 32}'] --report tumsyn.md
     python tools/tumsyn_study.py --out study_out --skip-train --weights final --report tumsyn_final.md
 
-``--weights final`` evaluates the last epoch's training checkpoint instead of ``models/model.pt``
-(the epoch of the best validation PSNR at the queries, which can be an early one).
+``--weights best_val`` evaluates ``models/model_best_val.pt`` (the epoch of the best validation PSNR at
+the queries) instead of ``models/model.pt`` (the last epoch's); ``--weights final`` the last epoch's
+training checkpoint (for study folders trained when ``model.pt`` was the best validation PSNR's).
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ def markdown(summary: dict, sweep: dict, sr: dict, args, timings: dict) -> str:
              f"(`python tools/tumsyn_study.py --out DIR{' --overrides ' + repr(args.overrides) if args.overrides else ''} "
              f"--subjects {args.subjects} --epochs1 {args.epochs1} --epochs2 {args.epochs2}`); training "
              f"{timings.get('stage1', 0) / 60:.0f} + {timings.get('stage2', 0) / 60:.0f} min on this machine's CPU; "
-             + ("weights: models/model.pt, the best validation PSNR." if args.weights == "best"
-                else "weights: the last epoch's (`--weights final`)."), "",
+             + {"model": "weights: models/model.pt.", "best_val": "weights: the best validation PSNR's (`--weights best_val`).",
+                "final": "weights: the last epoch's training checkpoint (`--weights final`)."}[args.weights], "",
              "**Targets asked for by prompt** (PSNR and r against the noiseless target inside the brain; "
              "the remap baseline is the source denoised and mapped by the best a*x+b fitted on the target):", "",
              "| source -> target | r | r, remap baseline | PSNR | PSNR, remap | PSNR vs noisy | noise-floor limit |",
@@ -232,9 +233,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-sources", default="['t1','t2']")
     ap.add_argument("--eval-targets", default=None, help="default: the named sequences and every preset")
     ap.add_argument("--skip-eval", action="store_true")
-    ap.add_argument("--weights", choices=("best", "final"), default="best",
-                    help="evaluate models/model.pt (best validation PSNR, the bundle's model) or the last epoch's "
-                         "training checkpoint; the evaluation goes to <out>/eval (best) or <out>/eval_final")
+    ap.add_argument("--weights", choices=("model", "best_val", "final"), default="model",
+                    help="evaluate models/model.pt (the bundle's model: the last epoch's), models/model_best_val.pt "
+                         "(the best validation PSNR's) or the last epoch's training checkpoint (also in study folders "
+                         "trained before model.pt was the last epoch's); the evaluation goes to <out>/eval or "
+                         "<out>/eval_<weights>")
     ap.add_argument("--report", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -265,7 +268,7 @@ def main(argv=None) -> int:
                       "--max_epochs", str(args.epochs2), "--val_interval", str(min(10, args.epochs2)), *common], cwd=BUNDLE)
         timings.update(TIMINGS)
         timings_path.write_text(json.dumps(timings, indent=2))
-    ckpt = root / "models" / "model.pt"
+    ckpt = root / "models" / ("model_best_val.pt" if args.weights == "best_val" else "model.pt")
     if args.weights == "final":
         from mrsynth.handlers import latest_checkpoint
 
@@ -274,8 +277,8 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"{root / 'models'}: no epoch checkpoint (checkpoint_*epoch=N.pt) for --weights final")
         ckpt = Path(last)
     print(f"evaluating {ckpt}")
-    eval_dir = out / ("eval" if args.weights == "best" else "eval_final")
-    suffix = "" if args.weights == "best" else "_final"
+    suffix = "" if args.weights == "model" else f"_{args.weights}"
+    eval_dir = out / f"eval{suffix}"
     targets = ["t1", "t1ce", "t2", "flair", *[preset_image_name(k) for k in PROTOCOL_PRESETS]]
     targets = json.loads(args.eval_targets.replace("'", '"')) if args.eval_targets else targets
     if not args.skip_eval:
