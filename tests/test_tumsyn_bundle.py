@@ -198,7 +198,7 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
     a variant with the options, then whole-volume r of each pair for both subjects, the training
     batches' L1 with their own and with another cube's target prompt, the physics sweeps, the
     picture and the weights; one step from those weights (``--init``); then two steps with the
-    source's acquisition numbers too."""
+    source's acquisition numbers too, on two of the images only (``--images``)."""
     import shutil
     import sys
 
@@ -235,7 +235,8 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
     again = torch.load(tmp_path / "again.pt", weights_only=True)
     assert all(torch.equal(saved[k], again[k]) for k in saved)  # without --init: the fresh network's weights
     src_acq = tumsyn_loop.run(tumsyn_loop.build_parser().parse_args(
-        ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200", "--source-acquisition"]))
+        ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200", "--source-acquisition",
+         "--images", "t1", "t2"]))
     assert [(s, n) for s, n, _ in src_acq] == [(2, "training subject"), (2, "test subject")]
     for _, _, ev in evals[:2] + src_acq:
         assert set(ev) == {f"{s}->{t}" for s, t in tumsyn_loop.PAIRS}

@@ -14,6 +14,8 @@ that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 
   (``TUMSyn(query_to_decoder=True)``);
 * ``--no-identity-pairs``: never the same image as source and target;
 * ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone;
+* ``--images t1 t2``: train on those images only (here two pairs, each with one fixed target
+  prompt): can the network learn one translation when the prompt need not choose among many?
 * ``--init PT``: continue from the weights of an earlier ``--save`` (a fresh optimizer);
 * ``--targets-per-source K``: the 8 cubes of a step come in groups of K that share the source
   cube and the queries and differ only in the target (``targets_per_source``), so that the
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scale1", action="store_true")
     ap.add_argument("--targets-per-source", type=int, default=1, choices=(1, 2, 4, 8),
                     help="cubes of a step (8) that share one source cube, each with another target")
+    ap.add_argument("--images", nargs="+", default=None,
+                    help="train on these images of each case only (e.g. t1 t2: two pairs, two fixed prompts); "
+                         "default every image the study wrote")
     ap.add_argument("--patch", type=int, default=16, help="cube size (the study's: 16)")
     ap.add_argument("--points", type=int, default=4000, help="queries per cube (the study's: 4000)")
     ap.add_argument("--sweeps", action="store_true",
@@ -175,6 +180,8 @@ def run(a) -> list[tuple[int, str, dict]]:
             "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]
+    if a.images:
+        over["sequences"] = list(a.images)
     if a.targets_per_source > 1:  # still 8 cubes per step: 8 / K cases, K samples each
         over.update(targets_per_source=a.targets_per_source, samples_per_case=a.targets_per_source,
                     batch_size=8 // a.targets_per_source)
