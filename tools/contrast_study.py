@@ -144,10 +144,15 @@ def loss_study(a) -> None:
                   flush=True)
 
 
+def quantile_bins(x: np.ndarray, ref: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each value of ``x`` among ``bins`` quantile bins of ``ref`` (0 .. bins - 1)."""
+    q = np.quantile(ref, np.linspace(0, 1, bins + 1))
+    return np.clip(np.searchsorted(q, x, side="right") - 1, 0, bins - 1)
+
+
 def lookup_table(x: np.ndarray, y: np.ndarray, m: np.ndarray, bins: int = 64) -> np.ndarray:
     """The best pointwise map of ``x`` to ``y`` (mean of ``y`` per quantile bin of ``x`` inside ``m``)."""
-    q = np.quantile(x[m], np.linspace(0, 1, bins + 1))
-    idx = np.clip(np.searchsorted(q, x, side="right") - 1, 0, bins - 1)
+    idx = quantile_bins(x, x[m], bins)
     means = np.array([y[m & (idx == b)].mean() if (m & (idx == b)).any() else 0.0 for b in range(bins)])
     return means[idx]
 
@@ -162,9 +167,7 @@ def source_limited_oracle(fractions: np.ndarray, source: np.ndarray, target: np.
     normal = fractions[:3][:, m].T.astype(np.float64)
     rest = 1.0 - normal.sum(1, keepdims=True)
     s = source[m]
-    q = np.quantile(s, np.linspace(0, 1, bins + 1))
-    idx = np.clip(np.searchsorted(q, s, side="right") - 1, 0, bins - 1)
-    design = np.concatenate([normal, np.eye(bins)[idx] * rest, np.ones((len(s), 1))], axis=1)
+    design = np.concatenate([normal, np.eye(bins)[quantile_bins(s, s, bins)] * rest, np.ones((len(s), 1))], axis=1)
     coef, *_ = np.linalg.lstsq(design, target[m], rcond=None)
     out = np.zeros_like(target)
     out[m] = design @ coef
