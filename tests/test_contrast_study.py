@@ -34,3 +34,33 @@ def test_source_limited_oracle_tells_lesion_compartments_apart_only_as_the_sourc
     half = np.arange(n) % 2 == 0  # predictions only inside the mask, zero elsewhere
     out = contrast_study.source_limited_oracle(frac, visible, target, half)
     assert np.all(out[~half] == 0) and pearson_r(out[half], target[half]) > 0.97
+
+
+def test_population_predictors_reach_a_shared_contrast_and_miss_a_subject_specific_one():
+    """Subjects share the anatomy statistics; the target's tissue means are either the same for
+    every subject (the population fit is then as good as the subject's own) or drawn per subject
+    (the population fit misses what only the scan's protocol says). The lookup table learns a
+    monotone decreasing map from the source's rank."""
+    rng = np.random.default_rng(1)
+    n = 4000
+
+    def subject(target_means):
+        frac = rng.dirichlet([1, 1, 1], size=n).T
+        source = frac.T @ np.array([-0.8, 0.1, 0.6])  # T1-like: CSF dark
+        target = frac.T @ np.asarray(target_means)
+        clean = np.stack([source, source, target, target])  # SEQ order: t1, t1ce, t2, flair
+        return clean, np.ones(n, bool), frac
+
+    shared = [0.8, -0.1, -0.6]
+    pop = contrast_study.PopulationPredictors([subject(shared) for _ in range(4)], bins=16)
+    clean, m, frac = subject(shared)
+    assert pearson_r(pop.tissue(frac, "t2", m), clean[2]) > 0.999
+    lut = pop.lut(clean[0], "t1", "t2", m)
+    assert pearson_r(lut, clean[2]) > 0.9  # the map from rank to intensity, learnt across subjects
+    assert np.all(np.diff(pop.tables[("t1", "t2")]) < 0)  # CSF dark in the source, bright in the target
+
+    drawn = [subject(rng.normal(0, 1, 3)) for _ in range(8)]
+    pop = contrast_study.PopulationPredictors(drawn, bins=16)
+    clean, m, frac = subject([1.0, 0.9, -1.0])  # GM as bright as CSF: not the population's mean
+    own = pearson_r(tissue_oracle(frac, clean[2], m), clean[2])
+    assert own > 0.999 and pearson_r(pop.tissue(frac, "t2", m), clean[2]) < own - 0.05

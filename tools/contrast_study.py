@@ -74,14 +74,34 @@ def loss_study(a) -> None:
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, {a.norm} norm, "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(a.beta1, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps) if a.cosine else None
+    if a.skip:  # additive skip connections: each encoder level's output joins the decoder at its size
+        enc, dec = net.encoder, net.decoder
+
+        def forward(x, code):
+            enc.check_input(x)
+            skips, h = [], x
+            for i in range(0, len(enc.stem), 3):
+                h = enc.stem[i:i + 3](h)
+                skips.append(h)
+            h = enc.res_blocks(h)
+            emb = dec.embed(code)
+            for block in dec.res_blocks:
+                h = block(h, emb)
+            for block, sk in zip(dec.up_blocks, reversed(skips[:-1])):
+                h = block(h, emb) + sk
+            return dec.final_act(dec.final_conv(h, emb))
+
+        net.forward = forward
     loss = torch.nn.SmoothL1Loss(beta=a.beta)
     df = net.encoder.downsample_factor
     fixed_target = SEQ.index(a.target) if a.target else -1
 
     def sample():
         xs, ys, sc, tc, alls = [], [], [], [], []
-        v = vols[np.random.randint(len(vols))]
-        for _ in range(4):
+        cases = np.random.choice(len(vols), a.cases, replace=False)
+        for j in range(a.crops * a.cases):
+            v = vols[cases[j // a.crops]]
             s, t = np.random.randint(4), np.random.randint(4)
             if a.identity_prob is not None:
                 t = s if np.random.rand() < a.identity_prob else np.random.choice([i for i in range(4) if i != s])
@@ -135,6 +155,8 @@ def loss_study(a) -> None:
         opt.zero_grad()
         total.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         if step % a.eval_every == 0 or step == a.steps:
             t1 = time.time()
             ev = evaluate()
@@ -174,14 +196,74 @@ def source_limited_oracle(fractions: np.ndarray, source: np.ndarray, target: np.
     return out
 
 
+def zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / x.std()
+
+
+def tissue_means(fractions: np.ndarray, target: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The target's tissue means (least squares on the fractions inside ``m``, as the tissue
+    oracle), z-scored over the tissues: the contrast, free of the volume's intensity scale."""
+    design = np.concatenate([fractions[:, m].T, np.ones((int(m.sum()), 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(design, target[m], rcond=None)
+    return zscore(coef[:-1])
+
+
+class PopulationPredictors:
+    """What a model that cannot see the target's own protocol can reach: predictors fitted on
+    *training* subjects and applied unchanged to an unseen one.
+
+    - ``tissue``: each voxel's tissue mixture painted with the training population's mean
+      (z-scored) tissue means: the tissue oracle, told every tissue of the subject but only the
+      typical contrast of the target sequence, not this scan's (the phantom draws TR, TE, TI,
+      flip angle, field strength and each tissue's relaxation times per subject);
+    - ``lut``: a lookup table from the source's intensity rank inside the brain (a model can
+      know it) to the target's z-scored intensity, pooled over the training subjects.
+    """
+
+    def __init__(self, subjects, bins: int = 64):
+        self.bins = bins
+        self.means: dict = {}
+        sums: dict = {}
+        for clean, brain, frac in subjects:
+            for ti, t in enumerate(SEQ):
+                self.means.setdefault(t, []).append(tissue_means(frac, clean[ti], brain))
+                z = zscore(clean[ti][brain])
+                for si, s in enumerate(SEQ):
+                    if s != t:
+                        idx = quantile_bins(clean[si][brain], clean[si][brain], bins)
+                        acc = sums.setdefault((s, t), np.zeros((2, bins)))
+                        np.add.at(acc[0], idx, z)
+                        np.add.at(acc[1], idx, 1.0)
+        self.means = {t: np.mean(v, 0) for t, v in self.means.items()}
+        self.tables = {k: v[0] / np.maximum(v[1], 1.0) for k, v in sums.items()}
+
+    def tissue(self, fractions: np.ndarray, target: str, m: np.ndarray) -> np.ndarray:
+        out = np.zeros(fractions.shape[1:])
+        out[m] = fractions[:, m].T @ self.means[target]
+        return out
+
+    def lut(self, source: np.ndarray, s: str, t: str, m: np.ndarray) -> np.ndarray:
+        out = np.zeros(source.shape)
+        out[m] = self.tables[(s, t)][quantile_bins(source[m], source[m], self.bins)]
+        return out
+
+
 def ceiling(a) -> None:
     noisy, clean, _, sub = normalised_subject(a.test_seed, 0)
     noisy, clean = noisy.numpy(), clean.numpy()
     brain = sub.tissue > 0
     frac = np.stack([sub.fractions[k] for k in TISSUES])
+    pop = None
+    if a.train_subjects:
+        train = []
+        for i in range(a.train_subjects):
+            _, c, _, s_ = normalised_subject(a.train_seed, i)
+            train.append((c.numpy(), s_.tissue > 0, np.stack([s_.fractions[k] for k in TISSUES])))
+        pop = PopulationPredictors(train)
+    extra = " | population lookup table, noisy source | population tissue oracle" if pop else ""
     print("| source -> target | pointwise map of the noiseless source | of the noisy source | tissue oracle "
-          "| source-limited oracle |")
-    print("|---|---|---|---|---|")
+          "| source-limited oracle" + extra + " |")
+    print("|---|---|---|---|---|" + ("---|---|" if pop else ""))
     for si, s in enumerate(SEQ):
         for ti, t in enumerate(SEQ):
             if s != t:
@@ -189,7 +271,11 @@ def ceiling(a) -> None:
                 lut_n = pearson_r(lookup_table(noisy[si], clean[ti], brain), clean[ti], brain)
                 orc = pearson_r(tissue_oracle(frac, clean[ti], brain), clean[ti], brain)
                 lim = pearson_r(source_limited_oracle(frac, clean[si], clean[ti], brain), clean[ti], brain)
-                print(f"| {s} -> {t} | {lut_c:.3f} | {lut_n:.3f} | {orc:.3f} | {lim:.3f} |")
+                row = f"| {s} -> {t} | {lut_c:.3f} | {lut_n:.3f} | {orc:.3f} | {lim:.3f} |"
+                if pop:
+                    row += (f" {pearson_r(pop.lut(noisy[si], s, t, brain), clean[ti], brain):.3f} |"
+                            f" {pearson_r(pop.tissue(frac, t, brain), clean[ti], brain):.3f} |")
+                print(row)
 
 
 def main(argv=None) -> int:
@@ -212,6 +298,11 @@ def main(argv=None) -> int:
                     help="decode every source slice to all three other sequences (one encoding, three targets)")
     lo.add_argument("--patch", type=int, default=96)
     lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--cases", type=int, default=1, help="cases per step (quick.json: 1)")
+    lo.add_argument("--crops", type=int, default=4, help="crops per case and step (quick.json: 4)")
+    lo.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate to 0 over --steps")
+    lo.add_argument("--skip", action="store_true",
+                    help="add each encoder level's output to the decoder's at the same size (not the paper's)")
     lo.add_argument("--threads", type=int, default=1)
     lo.add_argument("--channels", type=int, nargs="+", default=[16, 32], help="encoder widths (quick.json: 16 32)")
     lo.add_argument("--res-blocks", type=int, default=2, help="residual blocks (quick.json: 2)")
@@ -220,6 +311,9 @@ def main(argv=None) -> int:
                     help="normalisation layers (the paper's and the bundles': instance)")
     ce = sub.add_parser("ceiling", help="what a pointwise map of one source can reach")
     ce.add_argument("--test-seed", type=int, default=1)
+    ce.add_argument("--train-seed", type=int, default=0, help="phantom seed of the training subjects")
+    ce.add_argument("--train-subjects", type=int, default=0,
+                    help="fit the population predictors on this many training subjects (0: none)")
     a = ap.parse_args(argv)
     loss_study(a) if a.cmd == "loss" else ceiling(a)
     return 0
