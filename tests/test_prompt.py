@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mrsynth.errors import DataError
-from mrsynth.transforms.prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, PARAMETER_FIELD,
+from mrsynth.transforms.prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, NUMBER_FEATURES, PARAMETER_FIELD,
+                                       SIGNAL_FEATURES, sequence_kind, signal_features,
                                        AcquisitionFeaturesd, Prompt, PromptError, PromptFromSidecard, PromptTokenizer,
                                        TokenizePromptd, acquisition_features, format_prompt)
 
@@ -283,10 +284,11 @@ def test_acquisition_features_known_answer():
     import math
 
     v = acquisition_features(EXAMPLE)  # TR 2500, TE 2.2, TI 1000, FA 8
-    assert v.shape == (ACQUISITION_FEATURES,) == (12,) and v.dtype == torch.float32
+    assert v.shape == (ACQUISITION_FEATURES,) == (48,) and v.dtype == torch.float32
     expected = [1, math.log(2.5), 0.25, 1, math.log(2.2 / 30), 0.022, 1, 0.0, 1.0,
                 1, math.sin(math.radians(8)), math.cos(math.radians(8))]
-    torch.testing.assert_close(v, torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(v[:12], torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(v[12:], signal_features(EXAMPLE))
     # a Prompt and its text give the same vector
     torch.testing.assert_close(acquisition_features(EXAMPLE_PROMPT), v)
 
@@ -301,6 +303,48 @@ def test_acquisition_features_unknown_values_are_zero():
     base = Prompt(tr=4000, te=100, fa=90)
     assert not torch.equal(acquisition_features(base), acquisition_features(base.replace(te=30)))
     assert torch.equal(acquisition_features(base), acquisition_features(base.replace(age=70, modality="PDw")))
+
+
+def test_signal_features_follow_the_signal_equations():
+    """The canonical tissues' relative signals, by hand for three protocols: a long-T2 tissue
+    brightest at long TE, nulled near TI = ln 2 T1 in inversion recovery, and a spoiled gradient
+    echo's short-T1 tissue brightest at a large flip angle."""
+    import math
+
+    from mrsynth.transforms.prompt import SIGNAL_T1_MS, SIGNAL_T2_MS
+
+    n1, n2 = len(SIGNAL_T1_MS), len(SIGNAL_T2_MS)
+    assert SIGNAL_FEATURES == n1 * n2 == ACQUISITION_FEATURES - NUMBER_FEATURES
+
+    def by_hand(kind, tr, te, ti=None, fa=90.0):
+        out = []
+        for t1 in SIGNAL_T1_MS:
+            for t2 in SIGNAL_T2_MS:
+                e1 = math.exp(-tr / t1)
+                if kind == "ir":
+                    mz = abs(1 - 2 * math.exp(-ti / t1) + e1)
+                elif kind == "spgr":
+                    a = math.radians(fa)
+                    mz = math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1)
+                else:
+                    mz = 1 - e1
+                out.append(mz * math.exp(-te / t2))
+        return torch.tensor(out) / max(out)
+
+    t2w, flair = Prompt(tr=4000, te=120, fa=90), Prompt(tr=9000, te=110, ti=2480, fa=90)
+    spgr = Prompt(tr=15, te=4, fa=30)
+    assert [sequence_kind(p) for p in (t2w, flair, spgr)] == ["se", "ir", "spgr"]
+    assert sequence_kind(Prompt(tr=4000)) is None and sequence_kind(Prompt(tr=500, te=10, ti=0, fa=90)) == "se"
+    for p, kind in ((t2w, "se"), (flair, "ir"), (spgr, "spgr")):
+        v = signal_features(p)
+        assert v.shape == (SIGNAL_FEATURES,) and v.dtype == torch.float32 and v.max() == 1.0
+        torch.testing.assert_close(v, by_hand(kind, p.tr, p.te, p.ti, p.fa).float())
+    grid = signal_features(t2w).view(n1, n2)
+    assert grid[0, -1] == 1.0 and grid[0, 0] < 0.1  # long T2 brightest, short T2 dark at TE 120
+    csf_like = signal_features(flair).view(n1, n2)[-1, -1]  # T1 4500: null at TI = 4500 ln(2 / (1 + e^-2))
+    assert csf_like < 0.1
+    assert signal_features(spgr).view(n1, n2)[0, -1] == 1.0  # short T1 brightest
+    assert not signal_features("Age: 40; Modality: T2w").any()
 
 
 def test_acquisition_transform():

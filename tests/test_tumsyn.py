@@ -11,6 +11,7 @@ from monai.data import MetaTensor, decollate_batch
 
 from mrsynth.engines import CLIPTrainStep, TUMSynTrainStep, clip_loss, retrieval_output, same_prompts
 from mrsynth.errors import DataError
+from mrsynth.transforms import ACQUISITION_FEATURES
 from mrsynth.inferers import ImplicitSlidingWindowInferer
 from mrsynth.networks import (ImageEncoder, ImplicitDecoder, TextEncoder, TextImageCLIP, TUMSyn, sample_features,
                               voxel_centers)
@@ -218,7 +219,7 @@ def test_forward_is_encode_text_encode_query_and_the_prompt_matters():
 def test_acquisition_parameters_reach_the_output_and_are_required():
     from mrsynth.transforms import acquisition_features
 
-    net = tiny_tumsyn(acquisition_features=12).eval()
+    net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES).eval()
     image, tok, coords = tumsyn_inputs()
     t2 = acquisition_features("TR/TE/TI/FA: (4000, 120, None, 90)")
     flair = acquisition_features("TR/TE/TI/FA: (9000, 110, 2480, 90)")
@@ -235,7 +236,7 @@ def test_acquisition_parameters_reach_the_output_and_are_required():
         torch.testing.assert_close(scripted(image, tok, coords, acq), net(image, tok, coords, acq))
     with pytest.raises(ValueError, match="acquisition"):
         net(image, tok, coords)
-    with pytest.raises(ValueError, match=r"\(B, 12\)"):
+    with pytest.raises(ValueError, match=rf"\(B, {ACQUISITION_FEATURES}\)"):
         net(image, tok, coords, acq[:, :5])
     # without the acquisition encoder (the paper's network) the vector is ignored
     paper = tiny_tumsyn().eval()
@@ -249,7 +250,7 @@ def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
     (FiLM and adapter at their zero initialisation); scripting keeps it."""
     from mrsynth.transforms import acquisition_features
 
-    net = tiny_tumsyn(acquisition_features=12, query_to_decoder=True).eval()
+    net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, query_to_decoder=True).eval()
     assert net.decoder.mlp[0].in_features == 2 * 8 + 6
     image, tok, coords = tumsyn_inputs()
     same = tok[:1].expand(2, -1)
@@ -265,7 +266,7 @@ def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
         y = net(img, same, coords[:1].expand(2, -1, -1), acq)
         assert (y[0] - y[1]).abs().max() > 1e-4  # only the acquisition parameters differ
         torch.testing.assert_close(torch.jit.script(net)(img, same, coords[:1].expand(2, -1, -1), acq), y)
-    assert tiny_tumsyn(acquisition_features=12).decoder.mlp[0].in_features == 8 + 6  # the paper's decoder
+    assert tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES).decoder.mlp[0].in_features == 8 + 6  # the paper's decoder
 
 
 def test_fusion_film_starts_as_identity():
@@ -444,12 +445,12 @@ def test_tumsyn_step_is_half_forward_plus_half_backward_l1():
 
 
 def test_tumsyn_step_passes_each_direction_its_own_acquisition_parameters():
-    net = tiny_tumsyn(acquisition_features=12).train()
+    net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES).train()
     with torch.no_grad():
         net.fusion.film.weight.normal_(0, 0.5)
     batch = tumsyn_batch()
     g = torch.Generator().manual_seed(3)
-    batch["image_prompt_acquisition"], batch["label_prompt_acquisition"] = torch.randn(2, 2, 12, generator=g)
+    batch["image_prompt_acquisition"], batch["label_prompt_acquisition"] = torch.randn(2, 2, ACQUISITION_FEATURES, generator=g)
     out = TUMSynTrainStep(loss=torch.nn.L1Loss()).compute(net, batch)
     with torch.no_grad():
         fwd = net(batch["image"], batch["label_prompt_tokens"], batch["coords"], batch["label_prompt_acquisition"])

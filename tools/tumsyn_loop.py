@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--source-acquisition", action="store_true")
+    ap.add_argument("--numbers-only", action="store_true",
+                    help="the acquisition vector's 12 numbers only, without the canonical tissues' signals")
     ap.add_argument("--query-to-decoder", action="store_true")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
@@ -85,7 +87,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(net, tokenizer, case_dir: Path, source_acq: bool, volumes: dict | None = None) -> dict:
+def evaluate(net, tokenizer, case_dir: Path, source_acq: bool, volumes: dict | None = None, width: int | None = None) -> dict:
     """r with the noiseless target and r with the source, inside the brain, per pair of PAIRS;
     ``volumes``, where given, receives ``{pair: (source, synthesis, truth)}`` on the [0, 1] scale."""
     from mrsynth.metrics import pearson_r
@@ -105,9 +107,9 @@ def evaluate(net, tokenizer, case_dir: Path, source_acq: bool, volumes: dict | N
         lo, hi = value_range(_read(case_dir / f"{case}_{t}.nii.gz"))
         truth = (_read(case_dir / f"{case}_{t}_noiseless.nii.gz") - lo) / (hi - lo)  # unclipped
         sp, tp = (Prompt.from_sidecar(case_dir / f"{case}_{n}.json") for n in (s, t))
-        acq = acquisition_features(tp)
+        acq = acquisition_features(tp)[:width]
         if source_acq:
-            acq = torch.cat([acq, acquisition_features(sp)])
+            acq = torch.cat([acq, acquisition_features(sp)[:width]])
         f = net.encode(x, net.encode_text(tokenizer([tp]), acq[None]))
         c = voxel_centers(list(x.shape[2:]))[None]
         out = torch.cat([net.query(f, c[:, i:i + 65536]) for i in range(0, c.shape[1], 65536)], 1)
@@ -165,17 +167,18 @@ def run(a) -> list[tuple[int, str, dict]]:
     from monai.bundle import ConfigParser
 
     from mrsynth.engines import TUMSynTrainStep
-    from mrsynth.transforms import ACQUISITION_FEATURES
+    from mrsynth.transforms import ACQUISITION_FEATURES, NUMBER_FEATURES
 
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     torch.set_num_threads(a.threads)
+    width = NUMBER_FEATURES if a.numbers_only else ACQUISITION_FEATURES
     p = ConfigParser()
     p.read_config([str(CONFIGS / f) for f in ("train_text_encoder.json", "train.json", "quick.json")])
     over = {"dataset_dir": str(a.study / "train"), "bundle_root": str(a.study / "loop"), "mlflow": False,
             "num_workers": 0, "features": 24, "num_blocks": 3, "patch_size": a.patch, "num_points": a.points,
             "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed,
-            "acquisition_features": ACQUISITION_FEATURES * (2 if a.source_acquisition else 1),
+            "acquisition_features": width * (2 if a.source_acquisition else 1),
             "query_to_decoder": a.query_to_decoder,
             "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
@@ -203,7 +206,7 @@ def run(a) -> list[tuple[int, str, dict]]:
     while step < a.steps:
         for b in loader:
             step += 1
-            sa, ta = b["image_prompt_acquisition"], b["label_prompt_acquisition"]
+            sa, ta = b["image_prompt_acquisition"][:, :width], b["label_prompt_acquisition"][:, :width]
             fwd, bwd = (torch.cat([ta, sa], 1), torch.cat([sa, ta], 1)) if a.source_acquisition else (ta, sa)
             if step % 10 == 0:
                 gain.append(prompt_gain(net, b, fwd, l1))
@@ -216,7 +219,7 @@ def run(a) -> list[tuple[int, str, dict]]:
             if step % a.every == 0 or step == a.steps:
                 for name, case in (("training subject", train_case), ("test subject", test_case)):
                     volumes = {} if a.picture is not None and name == "test subject" and step >= a.steps else None
-                    ev = evaluate(net, tokenizer, case, a.source_acquisition, volumes)
+                    ev = evaluate(net, tokenizer, case, a.source_acquisition, volumes, width)
                     if volumes:
                         picture(volumes, ev, a.picture, f"{test_case.name}, step {step}")
                     evals.append((step, name, ev))

@@ -88,8 +88,8 @@ def synthesize(net, inferer, tokenizer, volume: np.ndarray, affine, prompt, spac
     _, shape = resampled_geometry(affine, volume.shape, spacing)
     x = torch.as_tensor(volume)[None, None].to(device)
     with torch.no_grad():
-        return inferer(x, net, tokenizer(prompt.format()).to(device), acquisition_features(prompt)[None].to(device),
-                       output_shape=shape)[0, 0].cpu().numpy()
+        acq = acquisition_features(prompt)[None, :net.acquisition_features].to(device)  # a --numbers-only loop's: 12
+        return inferer(x, net, tokenizer(prompt.format()).to(device), acq, output_shape=shape)[0, 0].cpu().numpy()
 
 
 def physics(net, inferer, tokenizer, subject_seed: int, spacing: float, device) -> dict:

@@ -7,8 +7,9 @@ from .corruption import (CORRUPTION_LEVELS, CORRUPTIONS, STRENGTHS, RandMotionGh
 from .intensity import NNSEQ2SEQ, PAPER, ScalePercentiled, apply_range, invert_range, percentile_range, scaled_signed, signed_range
 from .implicit import RandImplicitPaird, scaled_prompt
 from .io import LoadSequencesd
-from .prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, AcquisitionFeaturesd, Prompt, PromptError,
-                     PromptFromSidecard, PromptTokenizer, TokenizePromptd, acquisition_features, format_prompt)
+from .prompt import (ACQUISITION_FEATURES, DEFAULT_CONTEXT_LENGTH, NUMBER_FEATURES, SIGNAL_FEATURES, AcquisitionFeaturesd,
+                     Prompt, PromptError, PromptFromSidecard, PromptTokenizer, TokenizePromptd, acquisition_features,
+                     format_prompt, sequence_kind, signal_features)
 from .series import RandSeriesSlabd, SeriesSlabsd, SplitFramesd, parse_frames, stack_frames
 from .standard import AsSynthesisd, CheckVolumed, PlaceInSlotd
 from .sampling import RandSequencePaird, RandSourceSubsetd, SequencePairsd, SourceSubsetsd, extract_slab, slab_indices
@@ -55,6 +56,10 @@ __all__ = [
     "AcquisitionFeaturesd",
     "acquisition_features",
     "ACQUISITION_FEATURES",
+    "NUMBER_FEATURES",
+    "SIGNAL_FEATURES",
+    "signal_features",
+    "sequence_kind",
     "format_prompt",
     "DEFAULT_CONTEXT_LENGTH",
 ]

@@ -63,6 +63,10 @@ __all__ = [
     "AcquisitionFeaturesd",
     "acquisition_features",
     "ACQUISITION_FEATURES",
+    "NUMBER_FEATURES",
+    "SIGNAL_FEATURES",
+    "signal_features",
+    "sequence_kind",
     "format_prompt",
     "DEFAULT_CONTEXT_LENGTH",
     "PARAMETER_FIELD",
@@ -760,8 +764,63 @@ class TokenizePromptd(MapTransform):
         return d
 
 
-#: length of :func:`acquisition_features`' vector
-ACQUISITION_FEATURES = 12
+#: the canonical tissues of :func:`signal_features`: every pair of these T1 and T2 (ms), PD 1
+SIGNAL_T1_MS: tuple[float, ...] = (250.0, 450.0, 800.0, 1400.0, 2500.0, 4500.0)
+SIGNAL_T2_MS: tuple[float, ...] = (40.0, 70.0, 120.0, 250.0, 600.0, 2000.0)
+#: length of :func:`acquisition_features`' numbers ``[known, log, linear]`` per parameter
+NUMBER_FEATURES = 12
+#: length of :func:`signal_features`' vector
+SIGNAL_FEATURES = len(SIGNAL_T1_MS) * len(SIGNAL_T2_MS)
+#: length of :func:`acquisition_features`' vector: the numbers, then the signals
+ACQUISITION_FEATURES = NUMBER_FEATURES + SIGNAL_FEATURES
+
+
+def sequence_kind(prompt) -> str | None:
+    """The signal model a prompt's parameters imply: ``"ir"`` (inversion recovery) with an
+    inversion time, else ``"spgr"`` (spoiled gradient echo) with a flip angle below 90 degrees,
+    else ``"se"`` (spin echo); ``None`` without TR and TE."""
+    p = prompt if isinstance(prompt, Prompt) else Prompt.parse(prompt)
+    if p.tr is None or p.te is None:
+        return None
+    if p.ti is not None and p.ti > 0:
+        return "ir"
+    return "spgr" if p.fa is not None and p.fa < 90.0 else "se"
+
+
+def signal_features(prompt) -> torch.Tensor:
+    """The contrast a prompt's protocol gives a bank of canonical tissues, ``float32 (36,)``.
+
+    The signal equation of :func:`sequence_kind`'s model (spin echo ``(1 - e^(-TR/T1)) e^(-TE/T2)``;
+    spoiled gradient echo ``sin a (1 - E1) / (1 - cos a E1) e^(-TE/T2)``; magnitude inversion
+    recovery ``|1 - 2 e^(-TI/T1) + e^(-TR/T1)| e^(-TE/T2)``) evaluated for every pair of
+    :data:`SIGNAL_T1_MS` x :data:`SIGNAL_T2_MS` at unit proton density, divided by the largest:
+    the relative brightness of short- and long-T1, short- and long-T2 tissue that the protocol
+    sets. A voxel's signal is close to a mixture of these, so the target's contrast is nearly a
+    linear read-out of this vector, which a network need not learn from the raw TR/TE/TI numbers.
+    Generic relaxation times, not any dataset's tissues. Zeros where TR or TE is unknown.
+
+    Args:
+        prompt: a :class:`Prompt` or a prompt text.
+
+    Raises:
+        PromptError: the text does not parse.
+    """
+    p = prompt if isinstance(prompt, Prompt) else Prompt.parse(prompt)
+    kind = sequence_kind(p)
+    if kind is None:
+        return torch.zeros(SIGNAL_FEATURES, dtype=torch.float32)
+    t1 = torch.tensor(SIGNAL_T1_MS, dtype=torch.float64)[:, None]
+    t2 = torch.tensor(SIGNAL_T2_MS, dtype=torch.float64)[None, :]
+    e1, decay = torch.exp(-p.tr / t1), torch.exp(-p.te / t2)
+    if kind == "ir":
+        mz = (1 - 2 * torch.exp(-p.ti / t1) + e1).abs()
+    elif kind == "spgr":
+        a = math.radians(p.fa)
+        mz = math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1)
+    else:
+        mz = 1 - e1
+    sig = (mz * decay).flatten()
+    return (sig / sig.max().clamp_min(1e-12)).float()
 
 
 def acquisition_features(prompt) -> torch.Tensor:
@@ -771,7 +830,8 @@ def acquisition_features(prompt) -> torch.Tensor:
     text encoder must *learn* to read numbers before the prompt can set a contrast through them,
     which a small model trained on a few hundred volumes does not (measured:
     ``bundles/tumsyn/docs/README.md``). This vector gives the same numbers as numbers,
-    ``float32 (12,)``, three entries per parameter ``[known, log-scaled, linear-scaled]``:
+    ``float32 (48,)``: first three entries per parameter ``[known, log-scaled, linear-scaled]``
+    (:data:`NUMBER_FEATURES`, 12),
 
     - TR: ``[1, log(TR / 1000 ms), TR / 10000 ms]``;
     - TE: ``[1, log(TE / 30 ms), TE / 100 ms]``;
@@ -779,8 +839,8 @@ def acquisition_features(prompt) -> torch.Tensor:
     - FA: ``[1, sin FA, cos FA]``;
 
     all three ``0`` where the value is ``None`` (a ``TI`` of 0 counts as none, the reference's
-    convention for sequences without inversion). The linear terms are what ``exp(-TR / T1)``,
-    ``exp(-TE / T2)`` and ``exp(-TI / T1)`` are smooth in; the log terms spread the short
+    convention for sequences without inversion); then :func:`signal_features` (36): what those
+    numbers do to the contrast of a bank of canonical tissues. The log terms spread the short
     gradient-echo times apart from the long spin-echo ones.
 
     Args:
@@ -790,7 +850,7 @@ def acquisition_features(prompt) -> torch.Tensor:
         PromptError: the text does not parse.
     """
     p = prompt if isinstance(prompt, Prompt) else Prompt.parse(prompt)
-    out = torch.zeros(ACQUISITION_FEATURES, dtype=torch.float32)
+    out = torch.zeros(NUMBER_FEATURES, dtype=torch.float32)
     scales = (("tr", 1000.0, 10000.0), ("te", 30.0, 100.0), ("ti", 1000.0, 1000.0))
     for i, (name, log_unit, unit) in enumerate(scales):
         value = getattr(p, name)
@@ -799,12 +859,12 @@ def acquisition_features(prompt) -> torch.Tensor:
     if p.fa is not None:
         fa = math.radians(p.fa)
         out[9:12] = torch.tensor([1.0, math.sin(fa), math.cos(fa)])
-    return out
+    return torch.cat([out, signal_features(p)])
 
 
 class AcquisitionFeaturesd(MapTransform):
     """``d[key]`` (a prompt text or :class:`Prompt`) -> ``d[key + suffix]``, the
-    :func:`acquisition_features` vector ``(12,)`` (collated to ``(B, 12)``).
+    :func:`acquisition_features` vector ``(48,)`` (collated to ``(B, 48)``).
 
     Args:
         keys: the prompt keys (e.g. ``"image_prompt"``).
