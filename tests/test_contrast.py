@@ -103,3 +103,37 @@ def test_synthesis_checks():
     assert not synthesis_checks(dict(good, r_brain=0.84, oracle_r_brain=0.9))["r"]
     denoiser = dict(good, affine_r_brain=0.95)
     assert not synthesis_checks(denoiser)["beats_affine"]
+
+
+def test_population_oracle_is_leave_one_out_and_never_above_the_tissue_oracle():
+    """TissueStats.r equals Pearson r of the painted fractions computed directly; the evaluation's
+    population oracle paints each case with the *other* cases' mean contrast of the same target,
+    so a case whose contrast differs from the rest scores below its own tissue oracle, and never
+    above it (least squares maximises r over every linear painting)."""
+    from mrsynth.workflows.evaluation import TissueStats, VolumeEvaluation
+
+    rng = np.random.default_rng(3)
+    shape = (10, 12, 8)
+    means = {"a": [1.0, 0.2, -0.6], "b": [1.1, 0.1, -0.7], "c": [0.9, 0.25, -0.5], "odd": [-0.5, 0.9, 0.1]}
+    ev = VolumeEvaluation.__new__(VolumeEvaluation)
+    ev._tissue_stats = {}
+    truths = {}
+    for case, mu in means.items():
+        frac = rng.dirichlet([1, 1, 1], size=shape).transpose(3, 0, 1, 2)
+        mask = rng.random(shape) < 0.8
+        y = np.tensordot(np.asarray(mu), frac, axes=1) + rng.normal(0, 0.05, shape)
+        st = TissueStats(frac, y, mask)
+        m = rng.normal(size=3)
+        assert st.r(m) == pytest.approx(pearson_r(np.tensordot(m, frac, axes=1), y, mask), abs=1e-9)
+        ev._tissue_stats[(case, "t2")] = st
+        truths[case] = pearson_r(tissue_oracle(frac, y, mask), y, mask)
+    rows = [{"case": c, "target": "t2"} for c in means] + [{"case": "a", "target": "flair"}]
+    ev.population_oracle(rows)
+    pop = {r["case"]: r["population_oracle_r_brain"] for r in rows[:4]}
+    assert "population_oracle_r_brain" not in rows[4]  # no tissue statistics for that target
+    assert all(pop[c] <= truths[c] + 1e-9 for c in means)
+    st = ev._tissue_stats
+    others = np.mean([st[(c, "t2")].means for c in ("b", "c", "odd")], axis=0)  # leave "a" out
+    assert pop["a"] == pytest.approx(st[("a", "t2")].r(others), abs=1e-12)
+    assert pop["a"] > truths["a"] - 0.2 > 0.7  # most of the others share its contrast
+    assert pop["odd"] < truths["odd"] - 0.3  # its own contrast is not the population's

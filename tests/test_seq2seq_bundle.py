@@ -252,6 +252,8 @@ def test_evaluation_outputs(trained_seq2seq, phantom, tmp_path):
     for r in rows:
         assert -1 <= float(r["r_brain"]) <= 1 and -1 <= float(r["affine_r_brain"]) <= 1
         assert float(r["oracle_r_brain"]) > 0.8  # tissue fractions explain most of a noiseless image (4 mm)
+        if len(cases) > 1:  # the other cases' mean contrast: never above the case's own least-squares fit
+            assert 0.3 < float(r["population_oracle_r_brain"]) <= float(r["oracle_r_brain"]) + 1e-9
         assert float(r["limit_rician_psnr"]) > float(r["limit_psnr"])
         assert float(r["psnr_clean"]) != pytest.approx(float(r["psnr"]), abs=1e-3)
     t2 = [r for r in rows if r["target"] == "t2"]

@@ -244,6 +244,39 @@ def test_acquisition_parameters_reach_the_output_and_are_required():
         torch.testing.assert_close(paper(image, tok, coords, acq), paper(image, tok, coords))
 
 
+def test_signal_head_reads_the_target_contrast_out_of_the_signal_equations():
+    """signal_head: the decoder's output is w(x) . s + b(x) with s the target protocol's canonical
+    signals. With the last layer set to w = one canonical tissue, b = 0, every point shows that
+    tissue's signal under the prompt's protocol, whatever the image: a known answer per protocol.
+    The sliding-window inferer and TorchScript keep it; a vector without the signals is refused."""
+    from mrsynth.transforms import SIGNAL_FEATURES, signal_features, acquisition_features
+
+    net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, signal_head=True, query_to_decoder=True).eval()
+    assert net.decoder.mlp[0].in_features == 2 * 8 + SIGNAL_FEATURES + 6
+    assert net.decoder.mlp[-1].out_features == SIGNAL_FEATURES + 1
+    image, tok, coords = tumsyn_inputs()
+    prompts = ["TR/TE/TI/FA: (4000, 120, None, 90)", "TR/TE/TI/FA: (9000, 110, 2480, 90)"]
+    acq = torch.stack([acquisition_features(p) for p in prompts])
+    j = SIGNAL_FEATURES - 1  # the longest T1 and T2: CSF-like
+    with torch.no_grad():
+        last = net.decoder.mlp[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[j] = 1.0
+        y = net(image, tok, coords, acq)
+        expected = torch.stack([signal_features(p)[j] for p in prompts])
+        torch.testing.assert_close(y, expected[:, None].expand_as(y))
+        assert y[1].max() < 0.05 < y[0].min()  # nulled by the FLAIR inversion, bright in T2
+        last.weight.normal_(0, 0.1)
+        text = net.encode_text(tok, acq)
+        assert text.shape == (2, net.embed_dim + SIGNAL_FEATURES)
+        torch.testing.assert_close(torch.jit.script(net)(image, tok, coords, acq), net(image, tok, coords, acq))
+        whole = ImplicitSlidingWindowInferer(roi_size=6, points_per_chunk=50)(image[:1], net, tok[:1], acq[:1])
+        assert whole.shape == (1, 1, *image.shape[2:]) and torch.isfinite(whole).all()
+    with pytest.raises(ValueError, match="signal_head"):
+        tiny_tumsyn(acquisition_features=12, signal_head=True)
+
+
 def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
     """query_to_decoder: the text query appended to the features as constant channels, so the
     prompt reaches the decoder's first layer even where the fusion leaves the features unchanged

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--numbers-only", action="store_true",
                     help="the acquisition vector's 12 numbers only, without the canonical tissues' signals")
     ap.add_argument("--query-to-decoder", action="store_true")
+    ap.add_argument("--signal-head", action="store_true",
+                    help="the decoder reads the target out of the canonical tissues' signals (TUMSyn(signal_head=True))")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
     ap.add_argument("--targets-per-source", type=int, default=1, choices=(1, 2, 4, 8),
@@ -162,6 +164,8 @@ def run(a) -> list[tuple[int, str, dict]]:
     """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
     source)})`` for every evaluation, then ``(step, "prompt gain", {"own", "other"})`` and with
     ``--sweeps`` ``(step, "sweeps", {title: rows})``."""
+    if a.signal_head and a.numbers_only:
+        raise SystemExit("--signal-head reads the target's signal features: leave out --numbers-only")
     if a.sweeps and a.source_acquisition:
         raise SystemExit("--sweeps prompts with the target's acquisition numbers only: leave out --source-acquisition")
     from monai.bundle import ConfigParser
@@ -179,7 +183,7 @@ def run(a) -> list[tuple[int, str, dict]]:
             "num_workers": 0, "features": 24, "num_blocks": 3, "patch_size": a.patch, "num_points": a.points,
             "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed,
             "acquisition_features": width * (2 if a.source_acquisition else 1),
-            "query_to_decoder": a.query_to_decoder,
+            "query_to_decoder": a.query_to_decoder, "signal_head": a.signal_head,
             "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]

@@ -253,16 +253,22 @@ class ImplicitDecoder(nn.Module):
     as ``(sin 2 pi r, cos 2 pi r)``, which is continuous where ``r`` jumps from +0.5 to -0.5
     (half-way between two voxel centres), so the output has no seams there.
 
+    With ``signals = K > 0`` the last ``K`` feature channels are the target protocol's
+    :func:`~mrsynth.transforms.signal_features` (constant over the patch) and the MLP returns
+    ``K + 1`` numbers per point, ``w`` and ``b``: the output is ``w . s + b``, the point's mixture
+    of the canonical tissues read out in the target's contrast (a signal-equation head).
+
     Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
     """
 
-    def __init__(self, in_channels: int, hidden=(256, 256, 256, 256)) -> None:
+    def __init__(self, in_channels: int, hidden=(256, 256, 256, 256), signals: int = 0) -> None:
         super().__init__()
+        self.signals = int(signals)
         layers, c = [], in_channels + 6
         for h in hidden:
             layers += [nn.Linear(c, h), nn.ReLU(inplace=True)]
             c = h
-        layers.append(nn.Linear(c, 1))
+        layers.append(nn.Linear(c, self.signals + 1))
         self.mlp = nn.Sequential(*layers)
 
     @staticmethod
@@ -273,8 +279,12 @@ class ImplicitDecoder(nn.Module):
 
     def forward(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         angle = 2 * math.pi * self.relative_position(coords, list(f.shape[2:])).to(f.dtype)
-        z = torch.cat([sample_features(f, coords), torch.sin(angle), torch.cos(angle)], dim=-1)
-        return self.mlp(z).squeeze(-1)
+        sampled = sample_features(f, coords)
+        out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
+        k = self.signals
+        if k == 0:
+            return out.squeeze(-1)
+        return (out[..., :k] * sampled[..., -k:]).sum(-1) + out[..., k]
 
 
 class TUMSyn(nn.Module):
@@ -299,6 +309,12 @@ class TUMSyn(nn.Module):
             modulated. ``False`` (default) is the paper's decoder. On the phantom it helped only
             together with pairs of different images and no super-resolution
             (``tools/tumsyn_loop.py``, ``bundles/tumsyn/docs/README.md``).
+        signal_head: the decoder reads the target's intensity out of the prompt's
+            :func:`~mrsynth.transforms.signal_features` (the canonical tissues' signals under the
+            target protocol, entries ``NUMBER_FEATURES:`` of the acquisition vector, which must then
+            be :data:`~mrsynth.transforms.ACQUISITION_FEATURES` long or more): ``w(x) . s + b(x)``
+            with ``w``, ``b`` from the decoder's MLP (:class:`ImplicitDecoder`), so that the
+            protocol sets the contrast through the signal equations. Not the paper's.
 
     ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
     None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
@@ -308,8 +324,17 @@ class TUMSyn(nn.Module):
 
     def __init__(self, text_encoder: TextEncoder, in_channels: int = 1, features: int = 64, num_blocks: int = 8,
                  heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
-                 train_text_encoder: bool = False, acquisition_features: int = 0, query_to_decoder: bool = False) -> None:
+                 train_text_encoder: bool = False, acquisition_features: int = 0, query_to_decoder: bool = False,
+                 signal_head: bool = False) -> None:
         super().__init__()
+        from ..transforms.prompt import NUMBER_FEATURES, SIGNAL_FEATURES
+
+        self.signal_head = bool(signal_head)
+        if self.signal_head and int(acquisition_features) < NUMBER_FEATURES + SIGNAL_FEATURES:
+            raise ValueError(f"signal_head reads the signal features of the acquisition vector: acquisition_features "
+                             f"must be at least {NUMBER_FEATURES + SIGNAL_FEATURES}, got {acquisition_features}")
+        self.signal_slice = (NUMBER_FEATURES, NUMBER_FEATURES + SIGNAL_FEATURES)
+        self.num_signals = SIGNAL_FEATURES if self.signal_head else 0
         self.text_encoder = text_encoder
         self.acquisition_features = int(acquisition_features)
         self.acquisition = (AcquisitionEncoder(self.acquisition_features, text_encoder.embed_dim, adapter_hidden)
@@ -320,7 +345,9 @@ class TUMSyn(nn.Module):
         self.encoder = PatchEncoder(in_channels, features, num_blocks)
         self.fusion = TextConditionedFusion(features, text_encoder.embed_dim, heads, adapter_hidden)
         self.query_to_decoder = bool(query_to_decoder)
-        self.decoder = ImplicitDecoder(2 * features if self.query_to_decoder else features, tuple(decoder_channels))
+        self.embed_dim = text_encoder.embed_dim
+        self.decoder = ImplicitDecoder((2 * features if self.query_to_decoder else features) + self.num_signals,
+                                       tuple(decoder_channels), self.num_signals)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -332,7 +359,8 @@ class TUMSyn(nn.Module):
     def encode_text(self, tokens: torch.Tensor, acquisition: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The prompt embedding ``(B, E)``: the text encoder's, plus the acquisition encoder's
         when the model has one (no graph is built through a frozen text encoder: none of its
-        parameters requires a gradient and tokens are integers)."""
+        parameters requires a gradient and tokens are integers). With ``signal_head``,
+        ``(B, E + 36)``: the signal features appended, which :meth:`encode` passes to the decoder."""
         text = self.text_encoder(tokens)
         acq = self.acquisition
         if acq is not None:
@@ -340,6 +368,8 @@ class TUMSyn(nn.Module):
                 raise ValueError("this TUMSyn reads the prompt's acquisition parameters (acquisition_features > 0): "
                                  "pass mrsynth.transforms.acquisition_features(prompt) beside the tokens")
             text = text + acq(acquisition.to(text.dtype))
+            if self.signal_head:
+                text = torch.cat([text, acquisition[:, self.signal_slice[0]:self.signal_slice[1]].to(text.dtype)], 1)
         return text
 
     @torch.jit.export
@@ -347,10 +377,17 @@ class TUMSyn(nn.Module):
         """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``
         (``(B, 2C, X, Y, Z)`` with ``query_to_decoder``: the text query appended as constant
         channels, which every query point samples unchanged)."""
+        signals = text[:, self.embed_dim:]
+        text = text[:, :self.embed_dim]
         f = self.fusion(self.encoder(image), text)
+        constant = []
         if self.query_to_decoder:
-            q = self.fusion.text_query(text).to(f.dtype)
-            f = torch.cat([f, q.view(q.shape[0], q.shape[1], 1, 1, 1).expand(-1, -1, f.shape[2], f.shape[3], f.shape[4])], 1)
+            constant.append(self.fusion.text_query(text).to(f.dtype))
+        if self.signal_head:
+            constant.append(signals.to(f.dtype))
+        if len(constant) > 0:
+            c = torch.cat(constant, 1)
+            f = torch.cat([f, c.view(c.shape[0], c.shape[1], 1, 1, 1).expand(-1, -1, f.shape[2], f.shape[3], f.shape[4])], 1)
         return f
 
     @torch.jit.export
