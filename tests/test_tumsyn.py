@@ -3,6 +3,8 @@ inferer onto any output grid, and the random-scale training samples."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -245,8 +247,8 @@ def test_acquisition_parameters_reach_the_output_and_are_required():
 
 
 def test_signal_head_reads_the_target_contrast_out_of_the_signal_equations():
-    """signal_head: the decoder's output is w(x) . s + b(x) with s the target protocol's canonical
-    signals. With the last layer set to w = one canonical tissue, b = 0, every point shows that
+    """signal_head: the decoder's output is softplus(v(x)) . s + b(x) with s the target protocol's
+    canonical signals. With the last layer set to weight 1 on one canonical tissue, 0 elsewhere, b = 0, every point shows that
     tissue's signal under the prompt's protocol, whatever the image: a known answer per protocol.
     The sliding-window inferer and TorchScript keep it; a vector without the signals is refused."""
     from mrsynth.transforms import SIGNAL_FEATURES, signal_features, acquisition_features
@@ -261,8 +263,9 @@ def test_signal_head_reads_the_target_contrast_out_of_the_signal_equations():
     with torch.no_grad():
         last = net.decoder.mlp[-1]
         last.weight.zero_()
-        last.bias.zero_()
-        last.bias[j] = 1.0
+        last.bias.fill_(-40.0)  # softplus(-40) ~ 0: no weight on the other tissues
+        last.bias[j] = math.log(math.e - 1)  # softplus: weight 1
+        last.bias[-1] = 0.0  # b
         y = net(image, tok, coords, acq)
         expected = torch.stack([signal_features(p)[j] for p in prompts])
         torch.testing.assert_close(y, expected[:, None].expand_as(y))

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--every", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate (the bundle's quick.json: 1e-3)")
     ap.add_argument("--source-acquisition", action="store_true")
     ap.add_argument("--numbers-only", action="store_true",
                     help="the acquisition vector's 12 numbers only, without the canonical tissues' signals")

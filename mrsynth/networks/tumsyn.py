@@ -255,8 +255,9 @@ class ImplicitDecoder(nn.Module):
 
     With ``signals = K > 0`` the last ``K`` feature channels are the target protocol's
     :func:`~mrsynth.transforms.signal_features` (constant over the patch) and the MLP returns
-    ``K + 1`` numbers per point, ``w`` and ``b``: the output is ``w . s + b``, the point's mixture
-    of the canonical tissues read out in the target's contrast (a signal-equation head).
+    ``K + 1`` numbers per point, ``v`` and ``b``: the output is ``softplus(v) . s + b``, the point's
+    non-negative mixture of the canonical tissues read out in the target's contrast (a
+    signal-equation head).
 
     Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
     """
@@ -284,7 +285,7 @@ class ImplicitDecoder(nn.Module):
         k = self.signals
         if k == 0:
             return out.squeeze(-1)
-        return (out[..., :k] * sampled[..., -k:]).sum(-1) + out[..., k]
+        return (F.softplus(out[..., :k]) * sampled[..., -k:]).sum(-1) + out[..., k]
 
 
 class TUMSyn(nn.Module):
