@@ -313,9 +313,10 @@ class TUMSyn(nn.Module):
         signal_head: the decoder reads the target's intensity out of the prompt's
             :func:`~mrsynth.transforms.signal_features` (the canonical tissues' signals under the
             target protocol, entries ``NUMBER_FEATURES:`` of the acquisition vector, which must then
-            be :data:`~mrsynth.transforms.ACQUISITION_FEATURES` long or more): ``w(x) . s + b(x)``
-            with ``w``, ``b`` from the decoder's MLP (:class:`ImplicitDecoder`), so that the
-            protocol sets the contrast through the signal equations. Not the paper's.
+            be :data:`~mrsynth.transforms.ACQUISITION_FEATURES` long or more):
+            ``softplus(v(x)) . s + b(x)`` with ``v``, ``b`` from the decoder's MLP
+            (:class:`ImplicitDecoder`), so that the protocol sets the contrast through the signal
+            equations. Not the paper's; measured on the phantom in ``bundles/tumsyn/docs/README.md``.
 
     ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
     None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
@@ -377,7 +378,8 @@ class TUMSyn(nn.Module):
     def encode(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``
         (``(B, 2C, X, Y, Z)`` with ``query_to_decoder``: the text query appended as constant
-        channels, which every query point samples unchanged)."""
+        channels, which every query point samples unchanged; with ``signal_head`` the 36 signal
+        features after them, constant too)."""
         signals = text[:, self.embed_dim:]
         text = text[:, :self.embed_dim]
         f = self.fusion(self.encoder(image), text)
