@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mrsynth.data.phantom import TISSUES, simulate_subject, subject_seed  # noqa: E402
-from mrsynth.metrics import pearson_r, tissue_oracle  # noqa: E402
+from mrsynth.metrics import pearson_r, tissue_contrast, tissue_oracle  # noqa: E402
 from mrsynth.transforms import PAPER, apply_range, percentile_range  # noqa: E402
 
 SEQ = ["t1", "t1ce", "t2", "flair"]
@@ -196,18 +196,6 @@ def source_limited_oracle(fractions: np.ndarray, source: np.ndarray, target: np.
     return out
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / x.std()
-
-
-def tissue_means(fractions: np.ndarray, target: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The target's tissue means (least squares on the fractions inside ``m``, as the tissue
-    oracle), z-scored over the tissues: the contrast, free of the volume's intensity scale."""
-    design = np.concatenate([fractions[:, m].T, np.ones((int(m.sum()), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(design, target[m], rcond=None)
-    return zscore(coef[:-1])
-
-
 class PopulationPredictors:
     """What a model that cannot see the target's own protocol can reach: predictors fitted on
     *training* subjects and applied unchanged to an unseen one.
@@ -225,15 +213,16 @@ class PopulationPredictors:
         self.means: dict = {}
         sums: dict = {}
         for clean, brain, frac in subjects:
+            ranks = [quantile_bins(c[brain], c[brain], bins) for c in clean]  # each sequence's, once
             for ti, t in enumerate(SEQ):
-                self.means.setdefault(t, []).append(tissue_means(frac, clean[ti], brain))
-                z = zscore(clean[ti][brain])
+                self.means.setdefault(t, []).append(tissue_contrast(frac, clean[ti], brain))
+                y = clean[ti][brain]
+                z = (y - y.mean()) / y.std()
                 for si, s in enumerate(SEQ):
                     if s != t:
-                        idx = quantile_bins(clean[si][brain], clean[si][brain], bins)
                         acc = sums.setdefault((s, t), np.zeros((2, bins)))
-                        np.add.at(acc[0], idx, z)
-                        np.add.at(acc[1], idx, 1.0)
+                        np.add.at(acc[0], ranks[si], z)
+                        np.add.at(acc[1], ranks[si], 1.0)
         self.means = {t: np.mean(v, 0) for t, v in self.means.items()}
         self.tables = {k: v[0] / np.maximum(v[1], 1.0) for k, v in sums.items()}
 

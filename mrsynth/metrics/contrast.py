@@ -42,6 +42,8 @@ __all__ = [
     "contrast_ratios",
     "affine_remap_baseline",
     "tissue_oracle",
+    "fit_tissue_means",
+    "tissue_contrast",
     "rician_mean",
     "rician_sigma",
     "synthesis_checks",
@@ -173,6 +175,32 @@ def affine_remap_baseline(source, target, mask, sigmas: Sequence[float] = (0.0, 
     return np.clip(pred, -1.0, 1.0), {"sigma": float(s), "a": [float(v) for v in a], "b": b}
 
 
+def fit_tissue_means(fractions, target, mask) -> np.ndarray:
+    """The least-squares solution of ``target ~ sum_k f_k * mu_k + offset`` inside ``mask``:
+    ``(K + 1,)``, the K tissue means then the offset (the signal of no tissue).
+
+    Args:
+        fractions: ``(K, *spatial)`` partial-volume fractions of the K tissue compartments.
+        target: the (noiseless) target image.
+        mask: where to fit.
+    """
+    f = to_numpy(fractions, np.float64)
+    tgt = to_numpy(target, np.float64)
+    m = np.asarray(mask, bool)
+    if f.shape[1:] != tgt.shape:
+        raise ValueError(f"fractions shape {f.shape} does not match target shape {tgt.shape}")
+    design = np.concatenate([f[:, m].T, np.ones((int(m.sum()), 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(design, tgt[m], rcond=None)
+    return coef
+
+
+def tissue_contrast(fractions, target, mask) -> np.ndarray:
+    """The target's fitted tissue means (:func:`fit_tissue_means`, offset dropped), z-scored over
+    the tissues: its contrast, free of the volume's intensity scale and offset."""
+    mu = fit_tissue_means(fractions, target, mask)[:-1]
+    return (mu - mu.mean()) / max(float(mu.std()), 1e-12)
+
+
 def tissue_oracle(fractions, target, mask, background: float = -1.0) -> np.ndarray:
     """Each voxel's tissue mixture painted with the target's tissue means.
 
@@ -182,18 +210,14 @@ def tissue_oracle(fractions, target, mask, background: float = -1.0) -> np.ndarr
         mask: where to fit and predict (the head); ``background`` elsewhere.
 
     The means are the least-squares solution of ``target ~ offset + sum_k f_k * mu_k`` inside
-    ``mask`` (the offset is the signal of no tissue), so partial-volume voxels are painted with
-    their mixture. Bias field and texture are unknown to the oracle.
+    ``mask`` (:func:`fit_tissue_means`; the offset is the signal of no tissue), so partial-volume
+    voxels are painted with their mixture. Bias field and texture are unknown to the oracle.
     """
+    coef = fit_tissue_means(fractions, target, mask)
     f = to_numpy(fractions, np.float64)
-    tgt = to_numpy(target, np.float64)
     m = np.asarray(mask, bool)
-    if f.shape[1:] != tgt.shape:
-        raise ValueError(f"fractions shape {f.shape} does not match target shape {tgt.shape}")
-    design = np.concatenate([f[:, m].T, np.ones((int(m.sum()), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(design, tgt[m], rcond=None)
-    pred = np.full(tgt.shape, background, dtype=np.float32)
-    pred[m] = design @ coef
+    pred = np.full(f.shape[1:], background, dtype=np.float32)
+    pred[m] = f[:, m].T @ coef[:-1] + coef[-1]
     return np.clip(pred, -1.0, 1.0)
 
 

@@ -45,7 +45,8 @@ from ..handlers.progress import CaseProgress
 from ..io import save_json, save_nifti, write_csv
 from ..metrics import (LPIPS, RATIOS, affine_remap_baseline, contrast_ratios, contribution_ranking,
                        differentiation_map, pearson_r, psnr, rician_mean, rician_sigma, save_map_preview, save_pair_grid,
-                       ssim, ssim_map, synthesis_checks, tissue_oracle, worst_ratio, write_contribution)
+                       ssim, ssim_map, synthesis_checks, tissue_contrast, tissue_oracle, worst_ratio,
+                       write_contribution)
 from ..transforms import PAPER, LoadSequencesd, ScalePercentiled
 from .conditioning import TargetCode
 from .synthesis import load_weights, synthesize
@@ -67,17 +68,14 @@ LESION = {"tumour": None}
 
 class TissueStats:
     """What the leave-one-out population oracle needs of one (case, target), without keeping the
-    volumes: the target's z-scored tissue means (the tissue oracle's least-squares fit over the
-    fractions ``F`` inside the brain) and the sums that give Pearson r of ``F m`` with the target
+    volumes: the target's z-scored tissue means (:func:`~mrsynth.metrics.tissue_contrast`, the
+    tissue oracle's fit over the fractions ``F`` inside the brain) and the sums that give Pearson r of ``F m`` with the target
     for any means ``m``: ``n``, ``F^T 1``, ``F^T F``, ``F^T y``, ``sum y``, ``sum y^2``."""
 
     def __init__(self, fractions, target, mask):
+        self.means = tissue_contrast(fractions, target, mask)
         f = np.asarray(fractions, np.float64)[:, np.asarray(mask, bool)].T
         y = np.asarray(target, np.float64)[np.asarray(mask, bool)]
-        design = np.concatenate([f, np.ones((len(y), 1))], axis=1)
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        mu = coef[:-1]
-        self.means = (mu - mu.mean()) / max(float(mu.std()), 1e-12)
         self.n, self.f1, self.ff, self.fy = len(y), f.sum(0), f.T @ f, f.T @ y
         self.y1, self.yy = float(y.sum()), float(y @ y)
 
