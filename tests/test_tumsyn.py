@@ -280,6 +280,43 @@ def test_signal_head_reads_the_target_contrast_out_of_the_signal_equations():
         tiny_tumsyn(acquisition_features=12, signal_head=True)
 
 
+def test_source_mixture_keeps_the_target_out_of_the_tissue_mixture():
+    """source_mixture: the features the decoder's MLP reads are the source's alone (the same for
+    any prompt), the prompt only sets the signals, the gain and the offset. Known answer: with the
+    mixture set to one canonical tissue (weight 36, the read-out averages over 36), gain 1 and offset
+    0.25, every point shows 0.25 plus that tissue's signal under the prompt's protocol."""
+    from mrsynth.transforms import SIGNAL_FEATURES, acquisition_features, signal_features
+
+    net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, signal_head=True, source_mixture=True).eval()
+    assert net.fusion is None
+    assert net.decoder.mlp[0].in_features == 8 + 6 and net.decoder.mlp[-1].out_features == SIGNAL_FEATURES
+    image, tok, coords = tumsyn_inputs()
+    prompts = ["TR/TE/TI/FA: (4000, 120, None, 90)", "TR/TE/TI/FA: (9000, 110, 2480, 90)"]
+    acq = torch.stack([acquisition_features(p) for p in prompts])
+    img = image[:1].expand(2, -1, -1, -1, -1)
+    j = SIGNAL_FEATURES - 1  # CSF-like
+    with torch.no_grad():
+        f = net.encode(img, net.encode_text(tok, acq))
+        assert f.shape == (2, 8 + SIGNAL_FEATURES + 2, *image.shape[2:])
+        torch.testing.assert_close(f[0, :8], f[1, :8])  # the mixture's input: no trace of the prompt
+        assert not torch.allclose(f[0, 8:8 + SIGNAL_FEATURES], f[1, 8:8 + SIGNAL_FEATURES])
+        last = net.decoder.mlp[-1]
+        last.weight.zero_()
+        last.bias.fill_(-40.0)
+        last.bias[j] = math.log(math.expm1(SIGNAL_FEATURES))  # softplus: weight 36
+        net.readout.bias.copy_(torch.tensor([math.log(math.e - 1), 0.25]))  # gain 1, offset 0.25
+        y = net(img, tok, coords, acq)
+        expected = 0.25 + torch.stack([signal_features(p)[j] for p in prompts])
+        torch.testing.assert_close(y, expected[:, None].expand_as(y))
+        last.weight.normal_(0, 0.1)
+        torch.testing.assert_close(torch.jit.script(net)(image, tok, coords, acq), net(image, tok, coords, acq))
+    with pytest.raises(ValueError, match="signal head"):
+        tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, source_mixture=True)
+    with pytest.raises(ValueError, match="query_to_decoder"):
+        tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, signal_head=True, source_mixture=True,
+                    query_to_decoder=True)
+
+
 def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
     """query_to_decoder: the text query appended to the features as constant channels, so the
     prompt reaches the decoder's first layer even where the fusion leaves the features unchanged

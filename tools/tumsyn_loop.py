@@ -12,6 +12,10 @@ that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 
   reads 24 numbers instead of 12): does knowing the source's contrast help?
 * ``--query-to-decoder``: the text query also enters the implicit decoder
   (``TUMSyn(query_to_decoder=True)``);
+* ``--signal-head``: the decoder reads the target out of the canonical tissues' signals
+  (``TUMSyn(signal_head=True)``); ``--source-mixture``: with the tissue mixture computed from the
+  source alone, the prompt setting only the signals, a gain and an offset
+  (``TUMSyn(signal_head=True, source_mixture=True)``);
 * ``--no-identity-pairs``: never the same image as source and target;
 * ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone;
 * ``--images t1 t2``: train on those images only (here two pairs, each with one fixed target
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--query-to-decoder", action="store_true")
     ap.add_argument("--signal-head", action="store_true",
                     help="the decoder reads the target out of the canonical tissues' signals (TUMSyn(signal_head=True))")
+    ap.add_argument("--source-mixture", action="store_true",
+                    help="--signal-head with the tissue mixture from the source alone; the prompt sets gain, offset and "
+                         "the signals only (TUMSyn(signal_head=True, source_mixture=True))")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
     ap.add_argument("--targets-per-source", type=int, default=1, choices=(1, 2, 4, 8),
@@ -164,6 +171,7 @@ def run(a) -> list[tuple[int, str, dict]]:
     """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
     source)})`` for every evaluation, then ``(step, "prompt gain", {"own", "other"})`` and with
     ``--sweeps`` ``(step, "sweeps", {title: rows})``."""
+    a.signal_head = a.signal_head or a.source_mixture
     if a.signal_head and a.numbers_only:
         raise SystemExit("--signal-head reads the target's signal features: leave out --numbers-only")
     if a.sweeps and a.source_acquisition:
@@ -184,6 +192,7 @@ def run(a) -> list[tuple[int, str, dict]]:
             "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed,
             "acquisition_features": width * (2 if a.source_acquisition else 1),
             "query_to_decoder": a.query_to_decoder, "signal_head": a.signal_head,
+            "source_mixture": a.source_mixture,
             "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]

@@ -259,17 +259,29 @@ class ImplicitDecoder(nn.Module):
     non-negative mixture of the canonical tissues read out in the target's contrast (a
     signal-equation head).
 
+    With ``source_mixture`` as well, the last ``K + 2`` channels are the signals, a gain ``g`` and an
+    offset ``o`` (all constant over the patch) and the MLP sees the other channels only: the output
+    is ``g * mean(softplus(v) * s) + o`` with ``v`` a function of the image features alone, so the
+    tissue mixture cannot depend on the target and the target changes the contrast only as the
+    signal equations do.
+
     Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
     """
 
-    def __init__(self, in_channels: int, hidden=(256, 256, 256, 256), signals: int = 0) -> None:
+    def __init__(self, in_channels: int, hidden=(256, 256, 256, 256), signals: int = 0,
+                 source_mixture: bool = False) -> None:
         super().__init__()
         self.signals = int(signals)
-        layers, c = [], in_channels + 6
+        self.source_mixture = bool(source_mixture)
+        if self.source_mixture and self.signals == 0:
+            raise ValueError("source_mixture reads the mixture out of the signals: signals must be > 0")
+        # the channels the MLP reads: without source_mixture all, with it all but the read-out's
+        self.mlp_channels = int(in_channels) - (self.signals + 2 if self.source_mixture else 0)
+        layers, c = [], self.mlp_channels + 6
         for h in hidden:
             layers += [nn.Linear(c, h), nn.ReLU(inplace=True)]
             c = h
-        layers.append(nn.Linear(c, self.signals + 1))
+        layers.append(nn.Linear(c, self.signals if self.source_mixture else self.signals + 1))
         self.mlp = nn.Sequential(*layers)
 
     @staticmethod
@@ -281,8 +293,13 @@ class ImplicitDecoder(nn.Module):
     def forward(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         angle = 2 * math.pi * self.relative_position(coords, list(f.shape[2:])).to(f.dtype)
         sampled = sample_features(f, coords)
-        out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
         k = self.signals
+        if self.source_mixture:  # the read-out's channels are constant: take them at one point
+            read = f[:, self.mlp_channels:, 0, 0, 0]
+            v = self.mlp(torch.cat([sampled[..., :self.mlp_channels], torch.sin(angle), torch.cos(angle)], dim=-1))
+            mix = (F.softplus(v) * read[:, None, :k]).mean(-1)
+            return read[:, k, None] * mix + read[:, k + 1, None]
+        out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
         if k == 0:
             return out.squeeze(-1)
         return (F.softplus(out[..., :k]) * sampled[..., -k:]).sum(-1) + out[..., k]
@@ -317,6 +334,13 @@ class TUMSyn(nn.Module):
             ``softplus(v(x)) . s + b(x)`` with ``v``, ``b`` from the decoder's MLP
             (:class:`ImplicitDecoder`), so that the protocol sets the contrast through the signal
             equations. Not the paper's; measured on the phantom in ``bundles/tumsyn/docs/README.md``.
+        source_mixture: with ``signal_head``, the tissue mixture ``v(x)`` comes from the source
+            patch alone (the patch encoder's features; no fusion is built) and the target prompt
+            enters only through the read-out: ``g * mean(softplus(v(x)) * s) + o``, with the gain
+            ``g > 0`` and offset ``o`` a linear map of the prompt embedding. One mixture then serves
+            every target, so a contrast changes with TR, TE, TI and the flip angle exactly as the
+            canonical tissues' signal equations say, by construction, and each pair trains the
+            mixture for all targets. Not the paper's (its prompt steers the features).
 
     ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
     None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
@@ -327,11 +351,16 @@ class TUMSyn(nn.Module):
     def __init__(self, text_encoder: TextEncoder, in_channels: int = 1, features: int = 64, num_blocks: int = 8,
                  heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
                  train_text_encoder: bool = False, acquisition_features: int = 0, query_to_decoder: bool = False,
-                 signal_head: bool = False) -> None:
+                 signal_head: bool = False, source_mixture: bool = False) -> None:
         super().__init__()
         from ..transforms.prompt import NUMBER_FEATURES, SIGNAL_FEATURES
 
         self.signal_head = bool(signal_head)
+        self.source_mixture = bool(source_mixture)
+        if self.source_mixture and not self.signal_head:
+            raise ValueError("source_mixture is a form of the signal head: set signal_head too")
+        if self.source_mixture and query_to_decoder:
+            raise ValueError("source_mixture keeps the prompt out of the decoder's MLP: query_to_decoder must be False")
         if self.signal_head and int(acquisition_features) < NUMBER_FEATURES + SIGNAL_FEATURES:
             raise ValueError(f"signal_head reads the signal features of the acquisition vector: acquisition_features "
                              f"must be at least {NUMBER_FEATURES + SIGNAL_FEATURES}, got {acquisition_features}")
@@ -345,11 +374,19 @@ class TUMSyn(nn.Module):
         if not self.train_text_encoder:
             self.text_encoder.requires_grad_(False)
         self.encoder = PatchEncoder(in_channels, features, num_blocks)
-        self.fusion = TextConditionedFusion(features, text_encoder.embed_dim, heads, adapter_hidden)
+        self.fusion = (None if self.source_mixture
+                       else TextConditionedFusion(features, text_encoder.embed_dim, heads, adapter_hidden))
+        self.readout = None
+        if self.source_mixture:  # gain (softplus; 2 at initialisation) and offset from the prompt
+            self.readout = nn.Linear(text_encoder.embed_dim, 2)
+            nn.init.zeros_(self.readout.weight)
+            with torch.no_grad():
+                self.readout.bias.copy_(torch.tensor([math.log(math.expm1(2.0)), 0.0]))
         self.query_to_decoder = bool(query_to_decoder)
         self.embed_dim = text_encoder.embed_dim
-        self.decoder = ImplicitDecoder((2 * features if self.query_to_decoder else features) + self.num_signals,
-                                       tuple(decoder_channels), self.num_signals)
+        self.decoder = ImplicitDecoder((2 * features if self.query_to_decoder else features) + self.num_signals
+                                       + (2 if self.source_mixture else 0),
+                                       tuple(decoder_channels), self.num_signals, self.source_mixture)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -379,15 +416,23 @@ class TUMSyn(nn.Module):
         """Prompt-conditioned features ``(B, C, X, Y, Z)`` of ``image`` for the embedding ``text``
         (``(B, 2C, X, Y, Z)`` with ``query_to_decoder``: the text query appended as constant
         channels, which every query point samples unchanged; with ``signal_head`` the 36 signal
-        features after them, constant too)."""
+        features after them, constant too; with ``source_mixture`` the unfused features, the
+        signals, the gain and the offset)."""
         signals = text[:, self.embed_dim:]
         text = text[:, :self.embed_dim]
-        f = self.fusion(self.encoder(image), text)
+        f = self.encoder(image)
         constant = []
-        if self.query_to_decoder:
-            constant.append(self.fusion.text_query(text).to(f.dtype))
+        fusion = self.fusion
+        if fusion is not None:
+            f = fusion(f, text)
+            if self.query_to_decoder:
+                constant.append(fusion.text_query(text).to(f.dtype))
         if self.signal_head:
             constant.append(signals.to(f.dtype))
+        readout = self.readout
+        if readout is not None:
+            gain, offset = readout(text).to(f.dtype).chunk(2, dim=1)
+            constant += [F.softplus(gain), offset]
         if len(constant) > 0:
             c = torch.cat(constant, 1)
             f = torch.cat([f, c.view(c.shape[0], c.shape[1], 1, 1, 1).expand(-1, -1, f.shape[2], f.shape[3], f.shape[4])], 1)
