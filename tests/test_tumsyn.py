@@ -283,13 +283,13 @@ def test_signal_head_reads_the_target_contrast_out_of_the_signal_equations():
 def test_source_mixture_keeps_the_target_out_of_the_tissue_mixture():
     """source_mixture: the features the decoder's MLP reads are the source's alone (the same for
     any prompt), the prompt only sets the signals, the gain and the offset. Known answer: with the
-    mixture set to one canonical tissue (weight 36, the read-out averages over 36), gain 1 and offset
-    0.25, every point shows 0.25 plus that tissue's signal under the prompt's protocol."""
+    composition set to one canonical tissue, amplitude 1, gain 1 and offset 0.25, every point shows
+    0.25 plus that tissue's signal under the prompt's protocol."""
     from mrsynth.transforms import SIGNAL_FEATURES, acquisition_features, signal_features
 
     net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, signal_head=True, source_mixture=True).eval()
     assert net.fusion is None
-    assert net.decoder.mlp[0].in_features == 8 + 6 and net.decoder.mlp[-1].out_features == SIGNAL_FEATURES
+    assert net.decoder.mlp[0].in_features == 8 + 6 and net.decoder.mlp[-1].out_features == SIGNAL_FEATURES + 1
     image, tok, coords = tumsyn_inputs()
     prompts = ["TR/TE/TI/FA: (4000, 120, None, 90)", "TR/TE/TI/FA: (9000, 110, 2480, 90)"]
     acq = torch.stack([acquisition_features(p) for p in prompts])
@@ -303,7 +303,8 @@ def test_source_mixture_keeps_the_target_out_of_the_tissue_mixture():
         last = net.decoder.mlp[-1]
         last.weight.zero_()
         last.bias.fill_(-40.0)
-        last.bias[j] = math.log(math.expm1(SIGNAL_FEATURES))  # softplus: weight 36
+        last.bias[j] = 0.0  # the composition: all on tissue j
+        last.bias[-1] = math.log(math.e - 1)  # the amplitude: softplus 1
         net.readout.bias.copy_(torch.tensor([math.log(math.e - 1), 0.25]))  # gain 1, offset 0.25
         y = net(img, tok, coords, acq)
         expected = 0.25 + torch.stack([signal_features(p)[j] for p in prompts])

@@ -260,10 +260,13 @@ class ImplicitDecoder(nn.Module):
     signal-equation head).
 
     With ``source_mixture`` as well, the last ``K + 2`` channels are the signals, a gain ``g`` and an
-    offset ``o`` (all constant over the patch) and the MLP sees the other channels only: the output
-    is ``g * mean(softplus(v) * s) + o`` with ``v`` a function of the image features alone, so the
-    tissue mixture cannot depend on the target and the target changes the contrast only as the
-    signal equations do.
+    offset ``o`` (all constant over the patch) and the MLP sees the other channels only; it returns
+    ``K + 1`` numbers per point, composition logits ``v`` and an amplitude ``a``, and the output is
+    ``g * softplus(a) * (softmax(v) . s) + o``: a proton-density-like amplitude times a partial-volume
+    composition of the canonical tissues, both functions of the image features alone, so the tissue
+    mixture cannot depend on the target and the target changes the contrast only as the signal
+    equations do. (Unnormalised non-negative weights ``softplus(v)`` drift to large negative ``v`` in
+    the background, where every weight must vanish, until the MLP dies: measured on the phantom.)
 
     Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
     """
@@ -281,7 +284,7 @@ class ImplicitDecoder(nn.Module):
         for h in hidden:
             layers += [nn.Linear(c, h), nn.ReLU(inplace=True)]
             c = h
-        layers.append(nn.Linear(c, self.signals if self.source_mixture else self.signals + 1))
+        layers.append(nn.Linear(c, self.signals + 1))
         self.mlp = nn.Sequential(*layers)
 
     @staticmethod
@@ -296,8 +299,8 @@ class ImplicitDecoder(nn.Module):
         k = self.signals
         if self.source_mixture:  # the read-out's channels are constant: take them at one point
             read = f[:, self.mlp_channels:, 0, 0, 0]
-            v = self.mlp(torch.cat([sampled[..., :self.mlp_channels], torch.sin(angle), torch.cos(angle)], dim=-1))
-            mix = (F.softplus(v) * read[:, None, :k]).mean(-1)
+            out = self.mlp(torch.cat([sampled[..., :self.mlp_channels], torch.sin(angle), torch.cos(angle)], dim=-1))
+            mix = F.softplus(out[..., k]) * (torch.softmax(out[..., :k], dim=-1) * read[:, None, :k]).sum(-1)
             return read[:, k, None] * mix + read[:, k + 1, None]
         out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
         if k == 0:
@@ -336,7 +339,7 @@ class TUMSyn(nn.Module):
             equations. Not the paper's; measured on the phantom in ``bundles/tumsyn/docs/README.md``.
         source_mixture: with ``signal_head``, the tissue mixture ``v(x)`` comes from the source
             patch alone (the patch encoder's features; no fusion is built) and the target prompt
-            enters only through the read-out: ``g * mean(softplus(v(x)) * s) + o``, with the gain
+            enters only through the read-out: ``g * softplus(a(x)) * (softmax(v(x)) . s) + o``, with the gain
             ``g > 0`` and offset ``o`` a linear map of the prompt embedding. One mixture then serves
             every target, so a contrast changes with TR, TE, TI and the flip angle exactly as the
             canonical tissues' signal equations say, by construction, and each pair trains the
