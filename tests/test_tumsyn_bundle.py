@@ -240,7 +240,7 @@ def test_bare_stage2_loop_tool_runs_on_a_study_folder(trained_tumsyn, protocol_p
     assert [(s, n) for s, n, _ in src_acq] == [(2, "training subject"), (2, "test subject")]
     mixture = tumsyn_loop.run(tumsyn_loop.build_parser().parse_args(  # through the bundle's source_mixture id
         ["--study", str(tmp_path), "--steps", "2", "--every", "2", "--patch", "8", "--points", "200", "--source-mixture",
-         "--scale1", "--save", str(tmp_path / "mixture.pt")]))
+         "--scale1", "--clip", "1", "--save", str(tmp_path / "mixture.pt")]))
     keys = set(torch.load(tmp_path / "mixture.pt", weights_only=True))
     assert "readout.weight" in keys and not any(k.startswith("fusion.") for k in keys)
     for _, _, ev in evals[:2] + src_acq + mixture[:2]:

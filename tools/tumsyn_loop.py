@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate (the bundle's quick.json: 1e-3)")
+    ap.add_argument("--clip", type=float, default=0.0,
+                    help="clip the gradient's global norm to this (0: no clipping, the bundle's); the largest norm "
+                         "before clipping since the last evaluation is printed either way")
     ap.add_argument("--source-acquisition", action="store_true")
     ap.add_argument("--numbers-only", action="store_true",
                     help="the acquisition vector's 12 numbers only, without the canonical tissues' signals")
@@ -214,7 +217,7 @@ def run(a) -> list[tuple[int, str, dict]]:
     train_case = sorted(d for d in (a.study / "train").iterdir() if d.is_dir())[0]
     test_case = sorted(d for d in (a.study / "test").iterdir() if d.is_dir())[0]
     print(f"variant: {vars(a)}", flush=True)
-    t0, step, evals, gain = time.time(), 0, [], []
+    t0, step, evals, gain, max_norm = time.time(), 0, [], [], 0.0
     net.train()
     while step < a.steps:
         for b in loader:
@@ -228,6 +231,8 @@ def run(a) -> list[tuple[int, str, dict]]:
             loss = 0.5 * l1(out_fwd, b["label"]) + 0.5 * l1(out_bwd, b["image_values"])
             opt.zero_grad()
             loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), a.clip if a.clip > 0 else float("inf"))
+            max_norm = max(max_norm, float(norm))
             opt.step()
             if step % a.every == 0 or step == a.steps:
                 for name, case in (("training subject", train_case), ("test subject", test_case)):
@@ -236,7 +241,8 @@ def run(a) -> list[tuple[int, str, dict]]:
                     if volumes:
                         picture(volumes, ev, a.picture, f"{test_case.name}, step {step}")
                     evals.append((step, name, ev))
-                    print(f"step {step} ({time.time() - t0:.0f} s, loss {loss.item():.4f}) {name}: "
+                    print(f"step {step} ({time.time() - t0:.0f} s, loss {loss.item():.4f}, largest gradient norm "
+                          f"{max_norm:.3g}) {name}: "
                           + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items()), flush=True)
                 if gain:
                     own, other = np.mean(gain, axis=0)
@@ -244,6 +250,7 @@ def run(a) -> list[tuple[int, str, dict]]:
                           f"another cube's {other:.4f} (ratio {other / own:.2f})", flush=True)
                     evals.append((step, "prompt gain", {"own": float(own), "other": float(other)}))
                     gain = []
+                max_norm = 0.0
                 if a.sweeps:
                     evals.append((step, "sweeps", sweeps(net, tokenizer, a.study, step)))
             if step >= a.steps:
