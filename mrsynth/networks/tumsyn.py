@@ -295,14 +295,14 @@ class ImplicitDecoder(nn.Module):
 
     def forward(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         angle = 2 * math.pi * self.relative_position(coords, list(f.shape[2:])).to(f.dtype)
-        sampled = sample_features(f, coords)
+        # only the channels the MLP reads are sampled per point (all of them without source_mixture)
+        sampled = sample_features(f[:, :self.mlp_channels], coords)
+        out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
         k = self.signals
-        if self.source_mixture:  # the read-out's channels are constant: take them at one point
+        if self.source_mixture:  # the read-out's channels are constant over the patch: read them once
             read = f[:, self.mlp_channels:, 0, 0, 0]
-            out = self.mlp(torch.cat([sampled[..., :self.mlp_channels], torch.sin(angle), torch.cos(angle)], dim=-1))
             mix = F.softplus(out[..., k]) * (torch.softmax(out[..., :k], dim=-1) * read[:, None, :k]).sum(-1)
             return read[:, k, None] * mix + read[:, k + 1, None]
-        out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
         if k == 0:
             return out.squeeze(-1)
         return (F.softplus(out[..., :k]) * sampled[..., -k:]).sum(-1) + out[..., k]
