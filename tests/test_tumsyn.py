@@ -537,6 +537,36 @@ def test_tumsyn_step_passes_each_direction_its_own_acquisition_parameters():
     assert net.acquisition.mlp[0].weight.grad.abs().sum() > 0
 
 
+def test_tumsyn_step_clips_the_gradient_norm_in_a_trainer():
+    """``max_grad_norm`` bounds each optimiser step: with SGD at lr 1 the parameters move by the
+    clipped gradient (norm ``max_grad_norm``), the unclipped norm is reported as ``grad_norm``, and
+    0 leaves the gradient alone."""
+    from monai.engines import SupervisedTrainer
+
+    batch = tumsyn_batch()
+
+    def moved(max_grad_norm: float):
+        torch.manual_seed(0)
+        net = tiny_tumsyn()
+        with torch.no_grad():  # a large output makes a large gradient
+            net.decoder.mlp[-1].bias.fill_(50.0)
+        before = [q.detach().clone() for q in net.parameters() if q.requires_grad]
+        step = TUMSynTrainStep(max_grad_norm=max_grad_norm)
+        trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
+                                    optimizer=torch.optim.SGD([q for q in net.parameters() if q.requires_grad], lr=1.0),
+                                    loss_function=torch.nn.L1Loss(), iteration_update=step, decollate=False)
+        trainer.run()
+        after = [q.detach() for q in net.parameters() if q.requires_grad]
+        return float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before)))), trainer.state.output
+
+    free, out_free = moved(0.0)
+    clipped, out = moved(0.25)
+    assert "grad_norm" not in out_free
+    assert free > 1.0  # the unclipped step is large
+    assert float(out["grad_norm"]) == pytest.approx(free, rel=1e-4)  # the norm before clipping
+    assert clipped == pytest.approx(0.25, rel=1e-3)
+
+
 # -- random-scale training samples ---------------------------------------------------------------
 SHAPE = (40, 36, 32)
 

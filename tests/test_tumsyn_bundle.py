@@ -40,11 +40,12 @@ def protocol_phantom(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_tumsyn(protocol_phantom, tmp_path_factory):
-    """Stage 1 then stage 2, one tiny epoch each, in one bundle root; returns (root, stage-2 log)."""
+    """Stage 1 then stage 2, one tiny epoch each, in one bundle root (stage 2 with gradient
+    clipping); returns (root, stage-2 log)."""
     root = tmp_path_factory.mktemp("tumsyn_bundle")
     common = ["--dataset_dir", protocol_phantom, "--bundle_root", root, "--max_epochs", 1, "--val_interval", 1, *TINY]
     run_bundle(B, STAGE1, *common)
-    proc = run_bundle(B, STAGE2, *common)
+    proc = run_bundle(B, STAGE2, *common, "--max_grad_norm", 1.0)
     return root, proc.stdout + proc.stderr
 
 
@@ -68,7 +69,8 @@ def test_both_stages_write_their_weights_and_stage2_keeps_the_text_encoder(train
     names = {e.name for e in client.search_experiments()}
     assert {"tumsyn_text_encoder", "tumsyn"} <= names
     (run,) = client.search_runs([client.get_experiment_by_name("tumsyn").experiment_id])
-    assert {"train_loss", "train_loss_forward", "train_loss_backward"} <= set(run.data.metrics)
+    assert {"train_loss", "train_loss_forward", "train_loss_backward", "train_grad_norm"} <= set(run.data.metrics)
+    assert float(run.data.params["max_grad_norm"]) == 1.0
     (run1,) = client.search_runs([client.get_experiment_by_name("tumsyn_text_encoder").experiment_id])
     assert {"train_loss", "logit_scale", "train_retrieval_acc"} <= set(run1.data.metrics)
 

@@ -75,9 +75,14 @@ class TrainStep:
     ``loss_function`` (so ``train#trainer#loss_function`` in a bundle is the loss that is trained),
     else SmoothL1 (a step used outside a trainer). :attr:`epoch` is the trainer's current epoch
     (terms switched on later in training read it).
+
+    :attr:`max_grad_norm` ``> 0`` clips the gradients' global norm to that value before the
+    optimiser step (after unscaling under AMP), :func:`torch.nn.utils.clip_grad_norm_`; the norm
+    before clipping is then reported as ``grad_norm``. ``0`` (default): no clipping.
     """
 
     loss: Callable | None = None
+    max_grad_norm: float = 0.0
     _engine_loss: Callable = torch.nn.SmoothL1Loss()  # replaced by the trainer's loss_function when it has one
     epoch: int = 0
 
@@ -127,12 +132,24 @@ class TrainStep:
         if engine.scaler is not None and engine.amp:
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            self.clip(engine, unscale=True)
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
         else:
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            self.clip(engine)
             engine.optimizer.step()
         engine.state.output[Keys.LOSS] = loss.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI may decollate the output here
         return engine.state.output
+
+    def clip(self, engine, unscale: bool = False) -> None:
+        """Clip the gradients' global norm to :attr:`max_grad_norm` (nothing when it is 0)."""
+        if not self.max_grad_norm > 0:
+            return
+        if unscale:  # the scaler's step then knows the gradients are unscaled already
+            engine.scaler.unscale_(engine.optimizer)
+        params = [p for g in engine.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        engine.state.output["grad_norm"] = norm.detach()

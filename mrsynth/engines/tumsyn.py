@@ -102,10 +102,14 @@ class TUMSynTrainStep(TrainStep):
         backward_weight: weight of the target -> source direction (0 runs only the forward one).
         forward_weight: weight of the source -> target direction.
         loss: the per-point loss (default: the trainer's ``loss_function``).
+        max_grad_norm: clip the gradients' global norm to this before each optimiser step (0: no
+            clipping; see :class:`~mrsynth.engines.TrainStep`).
     """
 
-    def __init__(self, forward_weight: float = 0.5, backward_weight: float = 0.5, loss=None) -> None:
+    def __init__(self, forward_weight: float = 0.5, backward_weight: float = 0.5, loss=None,
+                 max_grad_norm: float = 0.0) -> None:
         self.forward_weight, self.backward_weight, self.loss = float(forward_weight), float(backward_weight), loss
+        self.max_grad_norm = float(max_grad_norm)
 
     @staticmethod
     def passes(net, src, tgt, src_tokens, tgt_tokens, coords, both: bool, src_acq=None, tgt_acq=None):
