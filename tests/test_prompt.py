@@ -356,3 +356,12 @@ def test_acquisition_transform():
     assert AcquisitionFeaturesd("r", suffix="_x", allow_missing_keys=True)(d).keys() == d.keys()
     with pytest.raises(PromptError, match="FA"):
         AcquisitionFeaturesd("p")({"p": "TR/TE/TI/FA: (2500, 2.2, None, 400)"})
+    # with_other: each key's vector, then its partner's (a pair's target then source, and the reverse)
+    pair = AcquisitionFeaturesd(["p", "q"], with_other=True)(d)
+    p_vec, q_vec = acquisition_features(d["p"]), acquisition_features(d["q"])
+    torch.testing.assert_close(pair["p_acquisition"], torch.cat([p_vec, q_vec]))
+    torch.testing.assert_close(pair["q_acquisition"], torch.cat([q_vec, p_vec]))
+    with pytest.raises(ValueError, match="two keys"):
+        AcquisitionFeaturesd("p", with_other=True)
+    with pytest.raises(KeyError, match="partner prompt q"):
+        AcquisitionFeaturesd(["p", "q"], with_other=True, allow_missing_keys=True)({"p": EXAMPLE})

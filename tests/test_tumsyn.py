@@ -318,6 +318,55 @@ def test_source_mixture_keeps_the_target_out_of_the_tissue_mixture():
                     query_to_decoder=True)
 
 
+def test_source_protocol_gives_the_mixture_the_sources_signals_not_the_targets():
+    """source_protocol: the acquisition vector is the target's then the source's; the decoder's MLP
+    reads the image features and the source's canonical signals (read once per patch: equal to
+    sampling them at every point), never the target's: one source under two targets gives the MLP
+    identical inputs, one image under two source protocols inputs that differ in the source's
+    signals only; scripting keeps it."""
+    from mrsynth.transforms import SIGNAL_FEATURES, acquisition_features
+
+    net = tiny_tumsyn(acquisition_features=2 * ACQUISITION_FEATURES, signal_head=True, source_mixture=True,
+                      source_protocol=True).eval()
+    assert net.decoder.mlp[0].in_features == 8 + SIGNAL_FEATURES + 6
+    image, tok, coords = tumsyn_inputs()
+    img, coords = image[:1].expand(2, -1, -1, -1, -1), coords[:1].expand(2, -1, -1)
+    t1w, t2w, flair = ("TR/TE/TI/FA: (500, 10, None, 90)", "TR/TE/TI/FA: (4000, 120, None, 90)",
+                       "TR/TE/TI/FA: (9000, 110, 2480, 90)")
+
+    def acq(target, source):
+        return torch.cat([acquisition_features(target), acquisition_features(source)])
+
+    seen = []
+    hook = net.decoder.mlp[0].register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    with torch.no_grad():
+        f = net.encode(img, net.encode_text(tok, torch.stack([acq(t2w, t1w), acq(flair, t1w)])))
+        assert f.shape == (2, 8 + 2 * SIGNAL_FEATURES + 2, *image.shape[2:])
+        torch.testing.assert_close(f[0, 8:8 + SIGNAL_FEATURES, 0, 0, 0], acquisition_features(t1w)[-SIGNAL_FEATURES:])
+        y_targets = net.query(f, coords)
+        torch.testing.assert_close(seen[-1][0], seen[-1][1])  # two targets, one source: the same mixture's input
+        assert (y_targets[0] - y_targets[1]).abs().max() > 1e-4  # read out in two contrasts
+        y = net(img, tok, coords, torch.stack([acq(t2w, t1w), acq(t2w, flair)]))
+        diff = (seen[-1][0] - seen[-1][1]).abs().amax(0)
+        assert diff[:8].max() == 0 and diff[8 + SIGNAL_FEATURES:].max() == 0  # image features and position agree
+        torch.testing.assert_close(diff[8:8 + SIGNAL_FEATURES], (acquisition_features(t1w) - acquisition_features(flair))
+                                   [-SIGNAL_FEATURES:].abs())
+        assert (y[0] - y[1]).abs().max() > 1e-4  # another source protocol, another mixture
+        hook.remove()
+        # reading the constant channels once equals sampling them at every point
+        net.decoder.constant_inputs = 0
+        sampled = net(img, tok, coords, torch.stack([acq(t2w, t1w), acq(t2w, flair)]))
+        net.decoder.constant_inputs = SIGNAL_FEATURES
+        torch.testing.assert_close(sampled, y)
+        a = torch.stack([acq(t2w, t1w), acq(t2w, flair)])
+        torch.testing.assert_close(torch.jit.script(net)(img, tok, coords, a), net(img, tok, coords, a))
+    with pytest.raises(ValueError, match="set source_mixture too"):
+        tiny_tumsyn(acquisition_features=2 * ACQUISITION_FEATURES, signal_head=True, source_protocol=True)
+    with pytest.raises(ValueError, match=f"acquisition_features must be {2 * ACQUISITION_FEATURES}"):
+        tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES, signal_head=True, source_mixture=True,
+                    source_protocol=True)
+
+
 def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
     """query_to_decoder: the text query appended to the features as constant channels, so the
     prompt reaches the decoder's first layer even where the fusion leaves the features unchanged

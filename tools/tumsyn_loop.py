@@ -15,7 +15,9 @@ that study's widths (24 channels, 3 blocks, a 3 x 128 decoder, 16^3 cubes, 4000 
 * ``--signal-head``: the decoder reads the target out of the canonical tissues' signals
   (``TUMSyn(signal_head=True)``); ``--source-mixture``: with the tissue mixture computed from the
   source alone, the prompt setting only the signals, a gain and an offset
-  (``TUMSyn(signal_head=True, source_mixture=True)``);
+  (``TUMSyn(signal_head=True, source_mixture=True)``); ``--source-protocol``: that mixture also
+  reads the source's protocol (``TUMSyn(source_protocol=True)``, the source's canonical signals
+  beside the image features);
 * ``--no-identity-pairs``: never the same image as source and target;
 * ``--scale1``: no super-resolution (``scale_range`` [1, 1]): contrast translation alone;
 * ``--images t1 t2``: train on those images only (here two pairs, each with one fixed target
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source-mixture", action="store_true",
                     help="--signal-head with the tissue mixture from the source alone; the prompt sets gain, offset and "
                          "the signals only (TUMSyn(signal_head=True, source_mixture=True))")
+    ap.add_argument("--source-protocol", action="store_true",
+                    help="--source-mixture whose mixture also reads the source's protocol (its canonical signals; "
+                         "TUMSyn(source_protocol=True), the acquisition vector the target's then the source's)")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
     ap.add_argument("--targets-per-source", type=int, default=1, choices=(1, 2, 4, 8),
@@ -174,10 +179,12 @@ def run(a) -> list[tuple[int, str, dict]]:
     """Train as ``a`` says; returns ``(step, "training subject" | "test subject", {pair: (r, r with
     source)})`` for every evaluation, then ``(step, "prompt gain", {"own", "other"})`` and with
     ``--sweeps`` ``(step, "sweeps", {title: rows})``."""
+    a.source_mixture = a.source_mixture or a.source_protocol
+    a.source_acquisition = a.source_acquisition or a.source_protocol
     a.signal_head = a.signal_head or a.source_mixture
     if a.signal_head and a.numbers_only:
         raise SystemExit("--signal-head reads the target's signal features: leave out --numbers-only")
-    if a.sweeps and a.source_acquisition:
+    if a.sweeps and a.source_acquisition and not a.source_protocol:
         raise SystemExit("--sweeps prompts with the target's acquisition numbers only: leave out --source-acquisition")
     from monai.bundle import ConfigParser
 
@@ -209,6 +216,8 @@ def run(a) -> list[tuple[int, str, dict]]:
     loader = p.get_parsed_content("train#dataloader")
     p.get_parsed_content("load_text_encoder")  # the study's stage 1 into text_encoder_def
     tokenizer = p.get_parsed_content("tokenizer")
+    if a.source_protocol:
+        p["network_def"]["source_protocol"] = True
     net = p.get_parsed_content("network_def")  # the bundle's network at the widths above, on that text encoder
     if a.init is not None:
         net.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=True))

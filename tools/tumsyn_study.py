@@ -81,14 +81,17 @@ def normalise(x: np.ndarray, ref: np.ndarray | None = None):
     return np.asarray(apply_range(x, lo, hi, 0.0, 1.0), dtype=np.float32)
 
 
-def synthesize(net, inferer, tokenizer, volume: np.ndarray, affine, prompt, spacing, device) -> np.ndarray:
+def synthesize(net, inferer, tokenizer, volume: np.ndarray, affine, prompt, spacing, device, source_prompt=None) -> np.ndarray:
     from mrsynth.transforms import acquisition_features
     from mrsynth.workflows import resampled_geometry
 
     _, shape = resampled_geometry(affine, volume.shape, spacing)
     x = torch.as_tensor(volume)[None, None].to(device)
     with torch.no_grad():
-        acq = acquisition_features(prompt)[None, :net.acquisition_features].to(device)  # a --numbers-only loop's: 12
+        acq = acquisition_features(prompt)
+        if getattr(net, "source_protocol", False):  # the target's vector, then the source's
+            acq = torch.cat([acq, acquisition_features(source_prompt)])
+        acq = acq[None, :net.acquisition_features].to(device)  # a --numbers-only loop's: 12
         return inferer(x, net, tokenizer(prompt.format()).to(device), acq, output_shape=shape)[0, 0].cpu().numpy()
 
 
@@ -108,7 +111,7 @@ def physics(net, inferer, tokenizer, subject_seed: int, spacing: float, device) 
         out[title] = []
         for j, (value, p) in enumerate(rows):
             prompt = base.replace(modality=modality_of(p), tr=p["TR"], te=p["TE"], ti=p["TI"], fa=p["FA"])
-            syn = synthesize(net, inferer, tokenizer, src, subj.affine, prompt, None, device)
+            syn = synthesize(net, inferer, tokenizer, src, subj.affine, prompt, None, device, source_prompt=base)
             truth = subj.noiseless[f"s{i}_{j}"]
             nom = nominal_signals(p, fs)
             out[title].append({"value": value, "modality": modality_of(p), "truth": tissue_ratios(truth, subj.tissue),

@@ -268,11 +268,14 @@ class ImplicitDecoder(nn.Module):
     equations do. (Unnormalised non-negative weights ``softplus(v)`` drift to large negative ``v`` in
     the background, where every weight must vanish, until the MLP dies: measured on the phantom.)
 
+    ``constant_inputs = M > 0``: the last ``M`` of the channels the MLP reads are constant over the
+    patch (e.g. the source's protocol) and are read once per patch, not interpolated at every point.
+
     Shapes: features ``(B, C, X, Y, Z)``, coords ``(B, N, 3)`` -> ``(B, N)``.
     """
 
     def __init__(self, in_channels: int, hidden=(256, 256, 256, 256), signals: int = 0,
-                 source_mixture: bool = False) -> None:
+                 source_mixture: bool = False, constant_inputs: int = 0) -> None:
         super().__init__()
         self.signals = int(signals)
         self.source_mixture = bool(source_mixture)
@@ -280,6 +283,9 @@ class ImplicitDecoder(nn.Module):
             raise ValueError("source_mixture reads the mixture out of the signals: signals must be > 0")
         # the channels the MLP reads: without source_mixture all, with it all but the read-out's
         self.mlp_channels = int(in_channels) - (self.signals + 2 if self.source_mixture else 0)
+        self.constant_inputs = int(constant_inputs)
+        if not 0 <= self.constant_inputs < self.mlp_channels:
+            raise ValueError(f"constant_inputs must be in [0, {self.mlp_channels}), got {constant_inputs}")
         layers, c = [], self.mlp_channels + 6
         for h in hidden:
             layers += [nn.Linear(c, h), nn.ReLU(inplace=True)]
@@ -295,9 +301,14 @@ class ImplicitDecoder(nn.Module):
 
     def forward(self, f: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         angle = 2 * math.pi * self.relative_position(coords, list(f.shape[2:])).to(f.dtype)
-        # only the channels the MLP reads are sampled per point (all of them without source_mixture)
-        sampled = sample_features(f[:, :self.mlp_channels], coords)
-        out = self.mlp(torch.cat([sampled, torch.sin(angle), torch.cos(angle)], dim=-1))
+        # only the channels the MLP reads are sampled per point (all of them without source_mixture),
+        # and of those only the ones that vary over the patch
+        varying = self.mlp_channels - self.constant_inputs
+        sampled = sample_features(f[:, :varying], coords)
+        inputs = [sampled]
+        if self.constant_inputs > 0:
+            inputs.append(f[:, varying:self.mlp_channels, 0, 0, 0][:, None, :].expand(-1, coords.shape[1], -1))
+        out = self.mlp(torch.cat(inputs + [torch.sin(angle), torch.cos(angle)], dim=-1))
         k = self.signals
         if self.source_mixture:  # the read-out's channels are constant over the patch: read them once
             read = f[:, self.mlp_channels:, 0, 0, 0]
@@ -344,6 +355,12 @@ class TUMSyn(nn.Module):
             every target, so a contrast changes with TR, TE, TI and the flip angle exactly as the
             canonical tissues' signal equations say, by construction, and each pair trains the
             mixture for all targets. Not the paper's (its prompt steers the features).
+        source_protocol: with ``source_mixture``, the mixture also reads the *source's* protocol:
+            the acquisition vector is the target's followed by the source's (``acquisition_features``
+            twice :data:`~mrsynth.transforms.ACQUISITION_FEATURES`), and the source's canonical
+            signals enter the decoder's MLP beside the image features, so that the network need not
+            guess from the patch how the source's protocol shows each tissue. Inference then needs
+            the source's protocol too (its sidecar). Not the paper's.
 
     ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
     None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
@@ -354,12 +371,20 @@ class TUMSyn(nn.Module):
     def __init__(self, text_encoder: TextEncoder, in_channels: int = 1, features: int = 64, num_blocks: int = 8,
                  heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
                  train_text_encoder: bool = False, acquisition_features: int = 0, query_to_decoder: bool = False,
-                 signal_head: bool = False, source_mixture: bool = False) -> None:
+                 signal_head: bool = False, source_mixture: bool = False, source_protocol: bool = False) -> None:
         super().__init__()
-        from ..transforms.prompt import NUMBER_FEATURES, SIGNAL_FEATURES
+        from ..transforms.prompt import ACQUISITION_FEATURES, NUMBER_FEATURES, SIGNAL_FEATURES
 
         self.signal_head = bool(signal_head)
         self.source_mixture = bool(source_mixture)
+        self.source_protocol = bool(source_protocol)
+        if self.source_protocol and not self.source_mixture:
+            raise ValueError("source_protocol gives the source's protocol to the tissue mixture: set source_mixture too")
+        if self.source_protocol and int(acquisition_features) != 2 * ACQUISITION_FEATURES:
+            raise ValueError(f"source_protocol reads the target's and the source's acquisition vectors: "
+                             f"acquisition_features must be {2 * ACQUISITION_FEATURES}, got {acquisition_features}")
+        # the source's signals in the acquisition vector (with source_protocol)
+        self.source_slice = (ACQUISITION_FEATURES + NUMBER_FEATURES, 2 * ACQUISITION_FEATURES)
         if self.source_mixture and not self.signal_head:
             raise ValueError("source_mixture is a form of the signal head: set signal_head too")
         if self.source_mixture and query_to_decoder:
@@ -387,9 +412,10 @@ class TUMSyn(nn.Module):
                 self.readout.bias.copy_(torch.tensor([math.log(math.expm1(2.0)), 0.0]))
         self.query_to_decoder = bool(query_to_decoder)
         self.embed_dim = text_encoder.embed_dim
+        source_signals = SIGNAL_FEATURES if self.source_protocol else 0
         self.decoder = ImplicitDecoder((2 * features if self.query_to_decoder else features) + self.num_signals
-                                       + (2 if self.source_mixture else 0),
-                                       tuple(decoder_channels), self.num_signals, self.source_mixture)
+                                       + (2 if self.source_mixture else 0) + source_signals,
+                                       tuple(decoder_channels), self.num_signals, self.source_mixture, source_signals)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -402,7 +428,8 @@ class TUMSyn(nn.Module):
         """The prompt embedding ``(B, E)``: the text encoder's, plus the acquisition encoder's
         when the model has one (no graph is built through a frozen text encoder: none of its
         parameters requires a gradient and tokens are integers). With ``signal_head``,
-        ``(B, E + 36)``: the signal features appended, which :meth:`encode` passes to the decoder."""
+        ``(B, E + 36)``: the signal features appended, which :meth:`encode` passes to the decoder;
+        with ``source_protocol`` the source's 36 signal features after them."""
         text = self.text_encoder(tokens)
         acq = self.acquisition
         if acq is not None:
@@ -412,6 +439,8 @@ class TUMSyn(nn.Module):
             text = text + acq(acquisition.to(text.dtype))
             if self.signal_head:
                 text = torch.cat([text, acquisition[:, self.signal_slice[0]:self.signal_slice[1]].to(text.dtype)], 1)
+            if self.source_protocol:
+                text = torch.cat([text, acquisition[:, self.source_slice[0]:self.source_slice[1]].to(text.dtype)], 1)
         return text
 
     @torch.jit.export
@@ -420,11 +449,15 @@ class TUMSyn(nn.Module):
         (``(B, 2C, X, Y, Z)`` with ``query_to_decoder``: the text query appended as constant
         channels, which every query point samples unchanged; with ``signal_head`` the 36 signal
         features after them, constant too; with ``source_mixture`` the unfused features, the
-        signals, the gain and the offset)."""
-        signals = text[:, self.embed_dim:]
+        signals, the gain and the offset; with ``source_protocol`` the source's signals between the
+        features and the target's signals)."""
+        signals = text[:, self.embed_dim:self.embed_dim + self.num_signals]
+        source_signals = text[:, self.embed_dim + self.num_signals:]
         text = text[:, :self.embed_dim]
         f = self.encoder(image)
         constant = []
+        if self.source_protocol:  # read by the decoder's MLP (before the read-out's channels)
+            constant.append(source_signals.to(f.dtype))
         fusion = self.fusion
         if fusion is not None:
             f = fusion(f, text)

@@ -869,18 +869,34 @@ class AcquisitionFeaturesd(MapTransform):
     Args:
         keys: the prompt keys (e.g. ``"image_prompt"``).
         suffix: suffix of the output key.
+        with_other: two keys (a pair's source and target prompts): each output is the key's own
+            vector followed by the other key's, ``(96,)``, for a network that reads the source's
+            protocol beside the target's (:class:`~mrsynth.networks.TUMSyn` ``source_protocol``):
+            the target's output is then its network input for source -> target, the source's for
+            target -> source.
         allow_missing_keys: skip keys that are not in the dict.
 
     Raises:
         PromptError: a prompt that does not parse.
+        ValueError: ``with_other`` without exactly two keys.
     """
 
-    def __init__(self, keys: KeysCollection, suffix: str = "_acquisition", allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, suffix: str = "_acquisition", with_other: bool = False,
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.suffix = suffix
+        self.with_other = bool(with_other)
+        if self.with_other and len(self.keys) != 2:
+            raise ValueError(f"with_other pairs a source's and a target's prompt: give two keys, got {list(self.keys)}")
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        for key in self.key_iterator(d):
-            d[f"{key}{self.suffix}"] = acquisition_features(d[key])
+        own = {key: acquisition_features(d[key]) for key in self.key_iterator(d)}
+        for key, v in own.items():
+            if self.with_other:
+                other = [k for k in self.keys if k != key][0]
+                if other not in own:
+                    raise KeyError(f"with_other: {key} has no partner prompt {other} in the data")
+                v = torch.cat([v, own[other]])
+            d[f"{key}{self.suffix}"] = v
         return d
