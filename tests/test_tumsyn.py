@@ -318,6 +318,33 @@ def test_source_mixture_keeps_the_target_out_of_the_tissue_mixture():
                     query_to_decoder=True)
 
 
+def test_mixture_scale_multiplies_the_composition_logits():
+    """mixture_scale s: the same output as scale 1 with the composition logits' weights and biases
+    times s (the amplitude's untouched); scripting keeps it; s <= 0 is refused."""
+    from mrsynth.transforms import SIGNAL_FEATURES, acquisition_features
+
+    kw = dict(acquisition_features=ACQUISITION_FEATURES, signal_head=True, source_mixture=True)
+    scaled, plain = tiny_tumsyn(mixture_scale=3.0, **kw).eval(), tiny_tumsyn(**kw).eval()
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        last = plain.decoder.mlp[-1]
+        last.weight[:SIGNAL_FEATURES] *= 3.0
+        last.bias[:SIGNAL_FEATURES] *= 3.0
+        scaled.decoder.mlp[-1].weight.normal_(0, 0.3)  # logits far enough from 0 that the scale shows
+        plain.decoder.mlp[-1].weight.copy_(scaled.decoder.mlp[-1].weight)
+        plain.decoder.mlp[-1].weight[:SIGNAL_FEATURES] *= 3.0
+        image, tok, coords = tumsyn_inputs()
+        acq = acquisition_features("TR/TE/TI/FA: (4000, 120, None, 90)")[None].expand(2, -1)
+        y = scaled(image, tok, coords, acq)
+        torch.testing.assert_close(y, plain(image, tok, coords, acq))
+        scaled.decoder.mixture_scale = 1.0
+        assert (scaled(image, tok, coords, acq) - y).abs().max() > 1e-4
+        scaled.decoder.mixture_scale = 3.0
+        torch.testing.assert_close(torch.jit.script(scaled)(image, tok, coords, acq), y)
+    with pytest.raises(ValueError, match="mixture_scale must be > 0"):
+        tiny_tumsyn(mixture_scale=0.0, **kw)
+
+
 def test_source_protocol_gives_the_mixture_the_sources_signals_not_the_targets():
     """source_protocol: the acquisition vector is the target's then the source's; the decoder's MLP
     reads the image features and the source's canonical signals (read once per patch: equal to

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source-protocol", action="store_true",
                     help="--source-mixture whose mixture also reads the source's protocol (its canonical signals; "
                          "TUMSyn(source_protocol=True), the acquisition vector the target's then the source's)")
+    ap.add_argument("--mixture-scale", type=float, default=1.0,
+                    help="with --source-mixture: the composition logits times this (TUMSyn(mixture_scale=...))")
     ap.add_argument("--no-identity-pairs", action="store_true")
     ap.add_argument("--scale1", action="store_true")
     ap.add_argument("--targets-per-source", type=int, default=1, choices=(1, 2, 4, 8),
@@ -218,6 +220,8 @@ def run(a) -> list[tuple[int, str, dict]]:
     tokenizer = p.get_parsed_content("tokenizer")
     if a.source_protocol:
         p["network_def"]["source_protocol"] = True
+    if a.mixture_scale != 1.0:
+        p["network_def"]["mixture_scale"] = a.mixture_scale
     net = p.get_parsed_content("network_def")  # the bundle's network at the widths above, on that text encoder
     if a.init is not None:
         net.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=True))
