@@ -208,6 +208,9 @@ class ImplicitSlidingWindowInferer(Inferer):
             network)`` only, and get the prompted contrast on the input's grid. A prompt without a
             voxel size gets the input's (from its affine, as the bundle's own inference sets it);
             ``tokenizer`` (:class:`~mrsynth.transforms.PromptTokenizer`) tokenizes it.
+        source_prompt: the source's protocol (a prompt), for a bound prompt and a network that
+            reads it (:class:`~mrsynth.networks.TUMSyn` ``source_protocol``): its acquisition
+            vector follows the target's. Such a network without it is an error saying so.
 
     Call: ``inferer(inputs (1, C, X, Y, Z), network, tokens (1, L), acquisition (1, A) or None,
     output_shape=(X', Y', Z'))`` -> ``(1, 1, X', Y', Z')``; ``acquisition`` is the prompt's
@@ -216,9 +219,14 @@ class ImplicitSlidingWindowInferer(Inferer):
 
     def __init__(self, roi_size: int = 60, overlap: float = 0.5, points_per_chunk: int = 65536,
                  sigma_scale: float = 0.125, skip_below: float | None = 1e-3, amp: bool = False,
-                 prompt=None, tokenizer=None) -> None:
+                 prompt=None, tokenizer=None, source_prompt=None) -> None:
         super().__init__()
         self.prompt, self.tokenizer = prompt, tokenizer
+        if source_prompt is not None:
+            from .transforms.prompt import Prompt
+
+            source_prompt = Prompt.from_any(source_prompt)
+        self.source_prompt = source_prompt
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.roi_size, self.overlap = int(roi_size), float(overlap)
@@ -230,6 +238,13 @@ class ImplicitSlidingWindowInferer(Inferer):
                  acquisition: torch.Tensor | None = None, output_shape=None, **kwargs) -> torch.Tensor:
         if tokens is None:
             tokens, acquisition = self.bound_prompt(inputs)
+            if getattr(network, "source_protocol", False):
+                from .transforms.prompt import acquisition_features
+
+                if self.source_prompt is None:
+                    raise ValueError("this model reads the source's protocol (source_protocol): give the inferer the "
+                                     "source's prompt (source_prompt; the bundle's --source_prompt)")
+                acquisition = torch.cat([acquisition, acquisition_features(self.source_prompt)[None]], 1)
         if inputs.ndim != 5 or inputs.shape[0] != 1:
             raise ValueError(f"ImplicitSlidingWindowInferer expects one volume (1, C, X, Y, Z), got {tuple(inputs.shape)}")
         x = _plain(torch.as_tensor(inputs)).float()

@@ -248,6 +248,27 @@ def test_target_prompt_inputs_and_describe(tok, tmp_path):
     assert "Voxel size: (2.0, 2.0, 3.0)" in same.describe()["prompt"] and same.describe()["spacing"] is None
 
 
+def test_target_prompt_with_the_source_protocol(tok, tmp_path):
+    """source_protocol: the acquisition vector is the target's then the source's, from the source's
+    sidecar or from an explicit source prompt; a source with neither is an error naming its file."""
+    side = tmp_path / "t1.json"
+    side.write_text(json.dumps(SIDECAR))
+    img = MetaTensor(torch.rand(1, 8, 10, 6), affine=torch.eye(4), meta={"filename_or_obj": "/data/c0/c0_t1.nii.gz"})
+    d = {"t1": img, "t1_meta": str(side)}
+    target = acquisition_features(TargetPrompt(target="flair", tokenizer=tok).prompt)
+    source = acquisition_features("TR/TE/TI/FA: (500.0, 10.0, None, 90.0)")  # the sidecar's protocol
+    _, (_, acq), _ = TargetPrompt(target="flair", tokenizer=tok, source_protocol=True).inputs(d, ["t1"], list(SEQS), "cpu")
+    torch.testing.assert_close(acq, torch.cat([target, source])[None])
+    given = "TR/TE/TI/FA: (4000.0, 100.0, None, 90.0)"
+    _, (_, acq2), _ = TargetPrompt(target="flair", tokenizer=tok, source_protocol=True, source_prompt=given).inputs(
+        {"t1": img}, ["t1"], list(SEQS), "cpu")
+    torch.testing.assert_close(acq2, torch.cat([target, acquisition_features(given)])[None])
+    _, (_, plain), _ = TargetPrompt(target="flair", tokenizer=tok).inputs(d, ["t1"], list(SEQS), "cpu")
+    assert plain.shape == (1, target.numel())
+    with pytest.raises(DataError, match=r"c0_t1.nii.gz: this model reads the source's protocol .* no JSON sidecar"):
+        TargetPrompt(target="flair", tokenizer=tok, source_protocol=True).inputs({"t1": img}, ["t1"], list(SEQS), "cpu")
+
+
 # -- TargetCode / TargetCodeFusion ---------------------------------------------------------------
 def test_target_code_and_fusion_inputs():
     vols = {s: torch.full((1, 4, 5, 3), float(i + 1)) for i, s in enumerate(SEQS)}

@@ -89,6 +89,27 @@ def test_implicit_inferer_binds_its_prompt():
         free(x, PromptNet())
 
 
+def test_implicit_inferer_binds_the_source_prompt_for_a_source_protocol_network():
+    """A network that reads the source's protocol (``source_protocol``) gets the bound prompt's
+    acquisition vector followed by the source prompt's; without a source prompt it is an error."""
+    from mrsynth.transforms import Prompt, PromptTokenizer, acquisition_features
+
+    class SourceNet(PromptNet):
+        source_protocol = True
+
+    x = MetaTensor(torch.rand(1, 1, 7, 6, 5) + 0.1, affine=torch.diag(torch.tensor([1.5, 2.0, 3.0, 1.0])))
+    prompt = Prompt(modality="T2w", tr=4000.0, te=120.0, voxel_size=(1.5, 2.0, 3.0))
+    source = "TR/TE/TI/FA: (500.0, 10.0, None, 90.0)"
+    tok = PromptTokenizer()
+    bound = ImplicitSlidingWindowInferer(roi_size=4, prompt=prompt, tokenizer=tok, source_prompt=source, skip_below=None)
+    free = ImplicitSlidingWindowInferer(roi_size=4, skip_below=None)
+    acq = torch.cat([acquisition_features(prompt), acquisition_features(source)])[None]
+    torch.testing.assert_close(bound(x, SourceNet()), free(x, SourceNet(), tok(prompt.format()), acq))
+    assert not torch.allclose(bound(x, SourceNet()), bound(x, PromptNet()))  # a plain network: the target's vector only
+    with pytest.raises(ValueError, match="reads the source's protocol .* --source_prompt"):
+        ImplicitSlidingWindowInferer(roi_size=4, prompt=prompt, tokenizer=tok)(x, SourceNet())
+
+
 def test_place_in_slot_keeps_the_image_and_its_metadata():
     img = MetaTensor(torch.rand(1, 4, 5, 3), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])),
                      meta={"filename_or_obj": "case_t2.nii.gz"})

@@ -174,6 +174,38 @@ def test_multi_gpu_training_of_both_stages_keeps_ranks_in_sync(protocol_phantom,
     assert any(k.startswith("decoder.") for k in final)
 
 
+def test_source_protocol_trains_synthesizes_and_evaluates_through_the_bundle(trained_tumsyn, protocol_phantom, tmp_path):
+    """source_protocol (with source_mixture): stage 2 on the pairs' two acquisition vectors, then
+    the bundle's inference and evaluation, which read the source's protocol from its sidecar; a
+    source without a sidecar is an error naming its file, the other cases are still written."""
+    import shutil
+
+    root, _ = trained_tumsyn
+    new = tmp_path / "bundle"
+    ids = ["--signal_head", "true", "--source_mixture", "true", "--source_protocol", "true"]
+    run_bundle(B, STAGE2, "--dataset_dir", protocol_phantom, "--bundle_root", new, "--max_epochs", 1, "--val_interval", 1,
+               *TINY, "--text_encoder_ckpt", root / "models" / "text_encoder.pt", *ids)
+    model = torch.load(new / "models" / "model.pt", weights_only=True)
+    assert model["acquisition.mlp.0.weight"].shape[1] == 96 and "readout.weight" in model
+    data = tmp_path / "data"
+    shutil.copytree(protocol_phantom, data)
+    (data / "PHANTOM_0001" / "PHANTOM_0001_t1.json").unlink()
+    out = tmp_path / "out"
+    proc = run_bundle(B, ["inference", "quick"], "--dataset_dir", data, "--bundle_root", new, "--output_dir", out,
+                      "--target", "t2_se_te60", "--source", "t1", "--roi_size", 16, *ids, check=False)
+    log = proc.stdout + proc.stderr
+    assert "PHANTOM_0001_t1.nii.gz" in log and "source's protocol" in log
+    written = sorted(p.name for p in out.rglob("*_syn.nii.gz"))
+    assert written == ["PHANTOM_0000_t2_se_te60_syn.nii.gz", "PHANTOM_0002_t2_se_te60_syn.nii.gz"]
+    assert np.asarray(nib.load(out / "PHANTOM_0000" / "PHANTOM_0000_t2_se_te60_syn.nii.gz").dataobj).std() > 0
+    ev = tmp_path / "ev"
+    run_bundle(B, ["train_text_encoder", "train", "evaluate", "quick"], "--dataset_dir", protocol_phantom,
+               "--bundle_root", new, "--output_dir", ev, "--eval_sources", "['t1']", "--eval_targets", "['flair']",
+               "--roi_size", 16, *ids, timeout=900)
+    rows = list(csv.DictReader(open(ev / "metrics.csv")))
+    assert len(rows) == 3 and all(r["r_brain"] for r in rows)
+
+
 def test_configs_share_the_network_and_normalisation():
     """inference.json builds the network and scales intensities as the stacked training configs do."""
     from monai.bundle import ConfigParser

@@ -164,10 +164,17 @@ class TargetPrompt(Conditioning):
         name: the name in output files (default: ``target``, else the prompt's modality).
         inherit: the subject fields filled in from the source's sidecar.
         sidecar_suffix: the case key of a source's sidecar (``<seq>_meta`` in our data lists).
+        source_protocol: the network also reads the source's protocol
+            (:class:`~mrsynth.networks.TUMSyn` ``source_protocol``): its acquisition vector follows
+            the target's, from ``source_prompt`` when given, else from the source's sidecar; a
+            source with neither is an error naming its file.
+        source_prompt: the source's prompt (text, :class:`~mrsynth.transforms.Prompt` or sidecar
+            dict), for ``source_protocol``, used for every case instead of its sidecar.
     """
 
     def __init__(self, prompt=None, target: str | None = None, spacing=None, tokenizer=None, name: str | None = None,
-                 inherit=("age", "gender", "scanner"), sidecar_suffix: str = "_meta") -> None:
+                 inherit=("age", "gender", "scanner"), sidecar_suffix: str = "_meta", source_protocol: bool = False,
+                 source_prompt=None) -> None:
         from ..transforms.prompt import Prompt, PromptTokenizer
 
         if (prompt is None) == (target is None or target == ""):
@@ -186,6 +193,8 @@ class TargetPrompt(Conditioning):
             self.spacing = list(self.prompt.voxel_size)
         self.tokenizer = tokenizer or PromptTokenizer()
         self.inherit, self.sidecar_suffix = tuple(inherit), sidecar_suffix
+        self.source_protocol = bool(source_protocol)
+        self.source_prompt = None if source_prompt is None else Prompt.from_any(source_prompt)
         self.name = name or (str(target).lower() if target else _slug(self.prompt.modality or "prompt"))
         self._text = None
 
@@ -215,9 +224,31 @@ class TargetPrompt(Conditioning):
         prompt = self.prompt_for(d, sources[0], spacing)
         self._text = prompt.format()
         tokens = self.tokenizer(self._text).to(device)
-        acquisition = acquisition_features(prompt)[None].to(device)
+        acquisition = acquisition_features(prompt)[None]
+        if self.source_protocol:
+            acquisition = torch.cat([acquisition, acquisition_features(self.source_protocol_of(d, sources[0]))[None]], 1)
+        acquisition = acquisition.to(device)
         _, shape = self.geometry(affine, img.shape[1:])
         return torch.as_tensor(img).float()[None].to(device), [tokens, acquisition], {"output_shape": shape}
+
+    def source_protocol_of(self, d: dict, source: str):
+        """The source's prompt for a ``source_protocol`` network: ``source_prompt``, else its sidecar's."""
+        from ..transforms.prompt import Prompt
+
+        if self.source_prompt is not None:
+            return self.source_prompt
+        side = d.get(f"{source}{self.sidecar_suffix}")
+        img = d.get(source)
+        path = getattr(img, "meta", {}).get("filename_or_obj") if img is not None else None
+        if side is None:
+            raise DataError(f"this model reads the source's protocol (source_protocol), and source {source!r} has no "
+                            "JSON sidecar: add one (RepetitionTime, EchoTime, ...) or give --source_prompt",
+                            path or d.get("case"))
+        try:
+            return Prompt.from_sidecar(side)
+        except DataError as e:
+            raise DataError(f"source {source!r}: its sidecar's protocol is needed (source_protocol): {e}",
+                            path or d.get("case")) from e
 
     def geometry(self, affine, shape):
         return resampled_geometry(affine, shape, self.spacing)

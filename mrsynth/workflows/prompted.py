@@ -45,7 +45,10 @@ class PromptedEvaluation(PairwiseEvaluation):
         if side is None:
             raise DataError(f"no sidecar for target {target!r}: a prompt-conditioned model needs the target's prompt",
                             None if d is None else d.get("case"))
-        return TargetPrompt(prompt=Prompt.from_sidecar(side), tokenizer=self.tokenizer, name=target, inherit=())
+        from ..engines.base import unwrap
+
+        return TargetPrompt(prompt=Prompt.from_sidecar(side), tokenizer=self.tokenizer, name=target, inherit=(),
+                            source_protocol=bool(getattr(unwrap(self.network), "source_protocol", False)))
 
     def to_score(self, x: np.ndarray) -> np.ndarray:
         lo, hi = self.value_range
