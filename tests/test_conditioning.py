@@ -267,6 +267,13 @@ def test_target_prompt_with_the_source_protocol(tok, tmp_path):
     assert plain.shape == (1, target.numel())
     with pytest.raises(DataError, match=r"c0_t1.nii.gz: this model reads the source's protocol .* no JSON sidecar"):
         TargetPrompt(target="flair", tokenizer=tok, source_protocol=True).inputs({"t1": img}, ["t1"], list(SEQS), "cpu")
+    bare = tmp_path / "bare.json"  # a sidecar without the protocol
+    bare.write_text(json.dumps({"age": 42}))
+    with pytest.raises(DataError, match=r"c0_t1.nii.gz: .* gives no TR and TE"):
+        TargetPrompt(target="flair", tokenizer=tok, source_protocol=True).inputs({"t1": img, "t1_meta": str(bare)},
+                                                                                 ["t1"], list(SEQS), "cpu")
+    with pytest.raises(DataError, match="source prompt .* gives no TR and TE"):
+        TargetPrompt(target="flair", tokenizer=tok, source_protocol=True, source_prompt="Age: 40")
 
 
 # -- TargetCode / TargetCodeFusion ---------------------------------------------------------------

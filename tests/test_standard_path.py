@@ -108,6 +108,8 @@ def test_implicit_inferer_binds_the_source_prompt_for_a_source_protocol_network(
     assert not torch.allclose(bound(x, SourceNet()), bound(x, PromptNet()))  # a plain network: the target's vector only
     with pytest.raises(ValueError, match="reads the source's protocol .* --source_prompt"):
         ImplicitSlidingWindowInferer(roi_size=4, prompt=prompt, tokenizer=tok)(x, SourceNet())
+    with pytest.raises(ValueError, match="source prompt gives no TR and TE"):
+        ImplicitSlidingWindowInferer(prompt=prompt, source_prompt="Age: 40")
 
 
 def test_place_in_slot_keeps_the_image_and_its_metadata():

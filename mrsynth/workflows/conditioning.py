@@ -195,6 +195,12 @@ class TargetPrompt(Conditioning):
         self.inherit, self.sidecar_suffix = tuple(inherit), sidecar_suffix
         self.source_protocol = bool(source_protocol)
         self.source_prompt = None if source_prompt is None else Prompt.from_any(source_prompt)
+        if self.source_prompt is not None:
+            from ..transforms.prompt import PromptError, sequence_kind
+
+            if sequence_kind(self.source_prompt) is None:
+                raise PromptError("the source prompt (--source_prompt) gives no TR and TE: the source's protocol is "
+                                  "what a source_protocol model reads")
         self.name = name or (str(target).lower() if target else _slug(self.prompt.modality or "prompt"))
         self._text = None
 
@@ -244,11 +250,17 @@ class TargetPrompt(Conditioning):
             raise DataError(f"this model reads the source's protocol (source_protocol), and source {source!r} has no "
                             "JSON sidecar: add one (RepetitionTime, EchoTime, ...) or give --source_prompt",
                             path or d.get("case"))
+        from ..transforms.prompt import PromptError, sequence_kind
+
         try:
-            return Prompt.from_sidecar(side)
-        except DataError as e:
+            prompt = Prompt.from_sidecar(side)
+        except (DataError, PromptError) as e:
             raise DataError(f"source {source!r}: its sidecar's protocol is needed (source_protocol): {e}",
                             path or d.get("case")) from e
+        if sequence_kind(prompt) is None:
+            raise DataError(f"this model reads the source's protocol (source_protocol), and the sidecar of source "
+                            f"{source!r} gives no TR and TE: add them or give --source_prompt", path or d.get("case"))
+        return prompt
 
     def geometry(self, affine, shape):
         return resampled_geometry(affine, shape, self.spacing)
