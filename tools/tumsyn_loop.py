@@ -204,7 +204,7 @@ def run(a) -> list[tuple[int, str, dict]]:
             "decoder_channels": [128, 128, 128], "identity_pairs": not a.no_identity_pairs, "seed": a.seed,
             "acquisition_features": width * (2 if a.source_acquisition else 1),
             "query_to_decoder": a.query_to_decoder, "signal_head": a.signal_head,
-            "source_mixture": a.source_mixture, "mixture_scale": a.mixture_scale,
+            "source_mixture": a.source_mixture, "mixture_scale": a.mixture_scale, "source_protocol": a.source_protocol,
             "text_encoder_ckpt": str(a.study / "bundle" / "models" / "text_encoder.pt")}
     if a.scale1:
         over["scale_range"] = [1.0, 1.0]
@@ -218,8 +218,6 @@ def run(a) -> list[tuple[int, str, dict]]:
     loader = p.get_parsed_content("train#dataloader")
     p.get_parsed_content("load_text_encoder")  # the study's stage 1 into text_encoder_def
     tokenizer = p.get_parsed_content("tokenizer")
-    if a.source_protocol:
-        p["network_def"]["source_protocol"] = True
     net = p.get_parsed_content("network_def")  # the bundle's network at the widths above, on that text encoder
     if a.init is not None:
         net.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=True))

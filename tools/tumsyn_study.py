@@ -136,7 +136,8 @@ def super_resolution(net, inferer, tokenizer, subject_seed: int, spacing: float,
     src = normalise(lo_img)
     truth = normalise(hr.noiseless["t1"], ref=lo_img)  # the same intensity scale as the input
     prompt = Prompt.from_sidecar(lr.sidecars["t1"]).replace(voxel_size=(spacing, spacing, spacing))
-    syn = synthesize(net, inferer, tokenizer, src, lr.affine, prompt, spacing, device)
+    source = Prompt.from_sidecar(lr.sidecars["t1"])  # the thick-slice t1's own prompt (a source_protocol network's)
+    syn = synthesize(net, inferer, tokenizer, src, lr.affine, prompt, spacing, device, source_prompt=source)
     _, shape = resampled_geometry(lr.affine, src.shape, spacing)
     u = [(np.arange(m) + 0.5) * n / m - 0.5 for n, m in zip(src.shape, shape)]
     grid = np.meshgrid(*u, indexing="ij")
