@@ -273,7 +273,7 @@ class ImplicitDecoder(nn.Module):
     the gradient), so the composition can leave the uniform mixture it starts from; at 1 the CPU
     model's compositions stayed near uniform after 1 800 steps (entropy 3.1-3.4 of ln 36 = 3.58), but
     at 10 it collapsed to a constant output within 600 steps and at 4 (with gradient clipping) it was
-    no better at step 600: keep 1 unless measured otherwise.
+    no better over 1 200 steps: keep 1 unless measured otherwise.
 
     ``constant_inputs = M > 0``: the last ``M`` of the channels the MLP reads are constant over the
     patch (e.g. the source's protocol) and are read once per patch, not interpolated at every point.
