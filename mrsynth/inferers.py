@@ -223,11 +223,9 @@ class ImplicitSlidingWindowInferer(Inferer):
         super().__init__()
         self.prompt, self.tokenizer = prompt, tokenizer
         if source_prompt is not None:
-            from .transforms.prompt import Prompt, PromptError, sequence_kind
+            from .transforms.prompt import source_protocol
 
-            source_prompt = Prompt.from_any(source_prompt)
-            if sequence_kind(source_prompt) is None:
-                raise PromptError("the source prompt gives no TR and TE: the source's protocol is what it is for")
+            source_prompt = source_protocol(source_prompt)
         self.source_prompt = source_prompt
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")

@@ -823,6 +823,17 @@ def signal_features(prompt) -> torch.Tensor:
     return (sig / sig.max().clamp_min(1e-12)).float()
 
 
+def source_protocol(prompt, what: str = "the source prompt", path=None):
+    """``prompt`` (text, :class:`Prompt` or sidecar dict) as the source's protocol that a
+    ``source_protocol`` network reads (:class:`~mrsynth.networks.TUMSyn`): a :class:`Prompt` with a
+    sequence model (:func:`sequence_kind`), else :class:`PromptError` naming ``what`` and ``path``."""
+    p = Prompt.from_any(prompt)
+    if sequence_kind(p) is None:
+        raise PromptError(f"{what} gives no TR and TE: a source_protocol model reads the source's protocol "
+                          "(add them, or give --source_prompt)", path)
+    return p
+
+
 def acquisition_features(prompt) -> torch.Tensor:
     """The acquisition parameters of a prompt as numbers a network can read directly.
 

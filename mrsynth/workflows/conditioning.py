@@ -194,13 +194,9 @@ class TargetPrompt(Conditioning):
         self.tokenizer = tokenizer or PromptTokenizer()
         self.inherit, self.sidecar_suffix = tuple(inherit), sidecar_suffix
         self.source_protocol = bool(source_protocol)
-        self.source_prompt = None if source_prompt is None else Prompt.from_any(source_prompt)
-        if self.source_prompt is not None:
-            from ..transforms.prompt import PromptError, sequence_kind
+        from ..transforms.prompt import source_protocol as protocol
 
-            if sequence_kind(self.source_prompt) is None:
-                raise PromptError("the source prompt (--source_prompt) gives no TR and TE: the source's protocol is "
-                                  "what a source_protocol model reads")
+        self.source_prompt = None if source_prompt is None else protocol(source_prompt, "the source prompt (--source_prompt)")
         self.name = name or (str(target).lower() if target else _slug(self.prompt.modality or "prompt"))
         self._text = None
 
@@ -250,17 +246,14 @@ class TargetPrompt(Conditioning):
             raise DataError(f"this model reads the source's protocol (source_protocol), and source {source!r} has no "
                             "JSON sidecar: add one (RepetitionTime, EchoTime, ...) or give --source_prompt",
                             path or d.get("case"))
-        from ..transforms.prompt import PromptError, sequence_kind
+        from ..transforms.prompt import source_protocol as protocol
 
         try:
             prompt = Prompt.from_sidecar(side)
-        except (DataError, PromptError) as e:
+        except DataError as e:  # PromptError too
             raise DataError(f"source {source!r}: its sidecar's protocol is needed (source_protocol): {e}",
                             path or d.get("case")) from e
-        if sequence_kind(prompt) is None:
-            raise DataError(f"this model reads the source's protocol (source_protocol), and the sidecar of source "
-                            f"{source!r} gives no TR and TE: add them or give --source_prompt", path or d.get("case"))
-        return prompt
+        return protocol(prompt, f"the sidecar of source {source!r}", path or d.get("case"))
 
     def geometry(self, affine, shape):
         return resampled_geometry(affine, shape, self.spacing)
