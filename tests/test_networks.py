@@ -346,3 +346,53 @@ def test_cpu_inference_path_equals_batched_training_path():
         decoded = net.decode(net.encode(x), code)
     torch.testing.assert_close(per_sample, batched, atol=1e-5, rtol=0)
     torch.testing.assert_close(decoded, per_sample, atol=0, rtol=0)
+
+
+def test_mixture_output_is_a_convex_combination_of_the_targets_class_levels():
+    net = tiny(2, 3, 3, mixture_classes=5)
+    x = torch.randn(3, 3, 32, 32)
+    code = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        y = net(x, code)
+        dec = net.decoder
+        emb = dec.embed(code)
+        levels = torch.tanh(dec.levels(emb))  # (3, 5): one intensity per class and target
+        h = net.encode(x)
+        for block in dec.res_blocks:
+            h = block(h, emb)
+        for block in dec.up_blocks:
+            h = block(h, emb)
+        logits = dec.final_conv(h, emb).reshape(3, 3, 5, 32, 32)
+    assert y.shape == (3, 3, 32, 32) and dec.out_channels == 3
+    expected = (logits.softmax(2) * levels[:, None, :, None, None]).sum(2)
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=0)
+    # every voxel lies between its target's darkest and brightest class
+    assert (y >= levels.min(1).values[:, None, None, None] - 1e-6).all()
+    assert (y <= levels.max(1).values[:, None, None, None] + 1e-6).all()
+    # the classes start spread over the output range, and the targets' levels are their own
+    torch.testing.assert_close(dec.levels.bias.detach(), torch.linspace(-2.0, 2.0, 5))
+    assert not torch.allclose(levels[0], levels[1])
+
+
+def test_mixture_output_torchscript_per_sample_and_4d():
+    net = tiny(2, 3, 3, mixture_classes=4)
+    x, code = torch.randn(3, 3, 32, 32), torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        per_sample = net(x, code)  # CPU inference: one sample at a time
+        with torch.enable_grad():
+            batched = net(x, code)
+        torch.testing.assert_close(per_sample, batched, atol=1e-5, rtol=0)
+        torch.testing.assert_close(script(net)(x, code), per_sample, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    series = Seq2Seq4D(2, 1, 1, **TINY, lstm_layers=1, mixture_classes=3).eval()
+    with torch.no_grad():
+        assert series(torch.randn(2, 2, 1, 32, 32), torch.tensor([0, 1])).shape == (2, 1, 1, 32, 32)
+    # the weights of one configuration load into the other
+    result = Seq2Seq(2, 1, 1, **TINY, mixture_classes=3).load_state_dict(series.state_dict(), strict=False)
+    assert not result.missing_keys and all("_lstm." in k for k in result.unexpected_keys)
+
+
+@pytest.mark.parametrize("k", [-1, 1])
+def test_mixture_classes_must_be_zero_or_at_least_two(k):
+    with pytest.raises(ValueError, match="mixture_classes"):
+        tiny(mixture_classes=k)

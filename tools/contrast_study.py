@@ -13,6 +13,7 @@ its target is a copy::
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --target t2   # one target only
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --channels 32 64   # capacity
+    python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0.1 --mixture 8  # mixture output
 
 ``ceiling``: for one unseen subject, the correlation with the noiseless target that a *pointwise*
 intensity map of the source can reach at best (a 64-bin lookup table fitted on the target: from
@@ -70,11 +71,13 @@ def loss_study(a) -> None:
     H, W, D = vols[0].shape[1:]
     tests = [normalised_subject(a.test_seed, i)[:3] for i in range(2)]
     net = Seq2Seq(2, 3, 3, num_codes=64, channels=a.channels, num_res_blocks=a.res_blocks, num_kernels=a.kernels,
-                  code_dim=16, norm=None if a.norm == "none" else a.norm)
+                  code_dim=16, norm=None if a.norm == "none" else a.norm, mixture_classes=a.mixture)
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, {a.norm} norm, "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(a.beta1, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps) if a.cosine else None
+    if a.skip and a.mixture:
+        raise SystemExit("--skip and --mixture cannot be combined")
     if a.skip:  # additive skip connections: each encoder level's output joins the decoder at its size
         enc, dec = net.encoder, net.decoder
 
@@ -293,6 +296,9 @@ def main(argv=None) -> int:
     lo.add_argument("--skip", action="store_true",
                     help="add each encoder level's output to the decoder's at the same size (not the paper's)")
     lo.add_argument("--threads", type=int, default=1)
+    lo.add_argument("--mixture", type=int, default=0,
+                    help="Seq2Seq's mixture_classes: each output voxel a softmax mixture of this many learned "
+                         "classes, one intensity per class and target (0: the paper's tanh output)")
     lo.add_argument("--channels", type=int, nargs="+", default=[16, 32], help="encoder widths (quick.json: 16 32)")
     lo.add_argument("--res-blocks", type=int, default=2, help="residual blocks (quick.json: 2)")
     lo.add_argument("--kernels", type=int, default=4, help="kernels per hyper-convolution bank (quick.json: 4)")

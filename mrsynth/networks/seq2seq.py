@@ -324,6 +324,12 @@ class Seq2SeqDecoder(nn.Module):
         upsample: interpolation mode; default ``"bilinear"`` for 2D, ``"trilinear"`` for 3D.
         final_act: MONAI activation name/tuple after the last convolution (default ``"tanh"``,
             images in [-1, 1]); ``None`` for none.
+        mixture_classes: 0 (default, the paper's output) or ``K``: every output voxel is a softmax
+            mixture of ``K`` learned classes, each class one intensity per target (a linear map of
+            the code embedding, through ``final_act``). The last hyper-convolution then gives
+            ``K`` logits per output channel. A constraint, not the paper's: the output is a
+            tissue-like partition of each voxel painted with the target's class intensities
+            (``docs/README.md`` of the Seq2Seq bundle measures what it changes).
 
     Shapes:
         - features: ``(B, channels[-1], *spatial)``.
@@ -345,9 +351,12 @@ class Seq2SeqDecoder(nn.Module):
         act: tuple | str | None = _DEFAULT_ACT,
         upsample: Optional[str] = None,
         final_act: tuple | str | None = "tanh",
+        mixture_classes: int = 0,
     ) -> None:
         super().__init__()
         channels = _check_channels(channels)
+        if mixture_classes < 0 or mixture_classes == 1:
+            raise ValueError(f"mixture_classes must be 0 (off) or at least 2, got {mixture_classes}")
         if upsample is None:
             upsample = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
         self.spatial_dims = spatial_dims
@@ -366,8 +375,16 @@ class Seq2SeqDecoder(nn.Module):
             ups.append(HyperUpBlock(spatial_dims, c, c_next, code_dim, num_kernels, norm, act, upsample))
             c = c_next
         self.up_blocks = nn.ModuleList(ups)
-        self.final_conv = HyperConv(spatial_dims, c, out_channels, 7, code_dim, num_kernels, padding_mode="reflect")
+        self.mixture_classes = mixture_classes
+        self.final_conv = HyperConv(
+            spatial_dims, c, out_channels * max(mixture_classes, 1), 7, code_dim, num_kernels, padding_mode="reflect"
+        )
         self.final_act = _act(final_act)
+        # the classes' intensities, per target (a placeholder without a mixture, for TorchScript)
+        self.levels = nn.Linear(code_dim, mixture_classes) if mixture_classes else nn.Identity()
+        if mixture_classes:
+            with torch.no_grad():  # classes spread over the output range from the start
+                self.levels.bias.copy_(torch.linspace(-2.0, 2.0, mixture_classes))
 
     @torch.jit.export
     def embed(self, code: torch.Tensor) -> torch.Tensor:
@@ -385,7 +402,14 @@ class Seq2SeqDecoder(nn.Module):
             x = block(x, embedding)
         for block in self.up_blocks:
             x = block(x, embedding)
-        return self.final_act(self.final_conv(x, embedding))
+        y = self.final_conv(x, embedding)
+        if self.mixture_classes == 0:
+            return self.final_act(y)
+        k = self.mixture_classes
+        weights = y.reshape([y.shape[0], self.out_channels, k] + list(y.shape[2:])).softmax(2)
+        levels = self.final_act(self.levels(embedding))  # (B or 1, K)
+        levels = levels.reshape([levels.shape[0], 1, k] + [1] * self.spatial_dims)
+        return (weights * levels).sum(2)
 
     def forward(self, features: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return self.decode_embedded(features, self.embed(code))
@@ -410,6 +434,7 @@ class _EncoderDecoder(nn.Module):
         act: tuple | str | None = _DEFAULT_ACT,
         upsample: Optional[str] = None,
         final_act: tuple | str | None = "tanh",
+        mixture_classes: int = 0,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -418,7 +443,8 @@ class _EncoderDecoder(nn.Module):
         self.num_codes = num_codes
         self.encoder = Seq2SeqEncoder(spatial_dims, in_channels, channels, num_res_blocks, norm, act)
         self.decoder = Seq2SeqDecoder(
-            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample, final_act
+            spatial_dims, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act, upsample,
+            final_act, mixture_classes,
         )
 
 
@@ -450,6 +476,8 @@ class Seq2Seq(_EncoderDecoder):
         act: MONAI activation name/tuple (default LeakyReLU(0.2)).
         upsample: interpolation mode of the decoder; default bilinear (2D) / trilinear (3D).
         final_act: activation of the output (default ``"tanh"``).
+        mixture_classes: 0 (the paper's output) or the number of learned classes whose softmax
+            mixture paints every output voxel (:class:`Seq2SeqDecoder`).
 
     Shapes:
         - x: ``(B, in_channels, *spatial)``, every spatial size a multiple of
@@ -578,10 +606,11 @@ class Seq2Seq4D(_EncoderDecoder):
         out_frames: int = 1,
         lstm_layers: int = 3,
         lstm_kernel_size: int = 3,
+        mixture_classes: int = 0,
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, out_channels, num_codes, channels, num_res_blocks, num_kernels, code_dim, norm, act,
-            upsample, final_act,
+            upsample, final_act, mixture_classes,
         )
         c = self.encoder.out_channels
         self.out_frames = out_frames
