@@ -64,3 +64,48 @@ def test_population_predictors_reach_a_shared_contrast_and_miss_a_subject_specif
     clean, m, frac = subject([1.0, 0.9, -1.0])  # GM as bright as CSF: not the population's mean
     own = pearson_r(tissue_oracle(frac, clean[2], m), clean[2])
     assert own > 0.999 and pearson_r(pop.tissue(frac, "t2", m), clean[2]) < own - 0.05
+
+
+def test_error_decomposition_separates_tissue_contrast_from_the_rest(tmp_path, capsys):
+    """A synthesis that is a tissue painting plus non-tissue clutter: the projection recovers the
+    painting's tissue means and r, the share left is the clutter's part of the variance; the
+    command reads a phantom-layout folder and skips a case without its files."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(2)
+    shape = (12, 10, 8)
+    # (3, X, Y, Z): csf, gm, wm; the rest of each voxel outside the brain, as at the phantom's edges
+    frac = rng.dirichlet([1, 1, 1], size=shape).transpose(3, 0, 1, 2) * rng.uniform(0.5, 1.0, shape)
+    mask = np.ones(shape, bool)
+    truth = np.tensordot([3.0, 1.4, 1.0], frac, 1)  # T2-like: CSF bright
+    painting = np.tensordot([2.0, 1.2, 1.0], frac, 1)  # the right side of WM, compressed
+    clutter = rng.normal(0, painting.std(), shape)  # as much variance as the painting's
+    e = contrast_study.error_decomposition(painting + clutter, truth, frac, mask, source_noise=clutter)
+    assert abs(e["share"] - 0.5) < 0.05 and e["share_truth"] < 1e-12
+    assert e["r_oracle"] > 0.9999 and abs(e["r_projection"] - pearson_r(painting, truth)) < 0.01
+    assert e["r"] < e["r_projection"] - 0.2  # the clutter costs r; the projection sees through it
+    assert abs(e["r_noise"]) > 0.95 and abs(e["r_residuals"]) < 0.2
+    np.testing.assert_allclose(e["means"][:2] / e["means"][2], [2.0, 1.2], atol=0.1)
+    np.testing.assert_allclose(e["means_truth"] / e["means_truth"][2], [3.0, 1.4, 1.0], atol=1e-6)
+
+    # the command: one complete case, one without its fractions
+    six = np.concatenate([frac, np.zeros((3,) + shape)]).transpose(1, 2, 3, 0)  # TISSUES order, (X, Y, Z, 6)
+    for case in ("PHANTOM_0000", "PHANTOM_0001"):
+        data, syn = tmp_path / "data" / case, tmp_path / "syn" / case
+        data.mkdir(parents=True), syn.mkdir(parents=True)
+        save = lambda a, p: nib.save(nib.Nifti1Image(np.asarray(a, np.float32), np.eye(4)), str(p))  # noqa: E731
+        save(truth, data / f"{case}_t2_noiseless.nii.gz")
+        save(painting + clutter, syn / f"{case}_t2_syn.nii.gz")
+        save(1.0 - truth / 3, data / f"{case}_t1_noiseless.nii.gz")
+        save(1.0 - truth / 3 + clutter, data / f"{case}_t1.nii.gz")
+        save(np.ones(shape), data / f"{case}_tissue.nii.gz")
+        if case == "PHANTOM_0000":
+            save(six, data / f"{case}_fractions.nii.gz")
+    contrast_study.main(["errors", "--data", str(tmp_path / "data"), "--synthesized", str(tmp_path / "syn"),
+                         "--source", "t1", "--target", "t2"])
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("| PHANTOM_0000"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert abs(float(cells[4]) - e["share"]) < 1e-3  # the same decomposition as the function's
+    assert "csf 3.00 gm 1.40" in cells[9]
+    assert "PHANTOM_0001 | skipped: no PHANTOM_0001_fractions.nii.gz" in err

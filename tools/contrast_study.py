@@ -21,6 +21,17 @@ the noiseless source and from the noisy one), beside the tissue oracle. What a p
 reach, a model must get from spatial context (anatomy)::
 
     python tools/contrast_study.py ceiling
+
+``errors``: what a synthesis's error is made of, per case of a phantom test folder synthesized by
+the bundle's ``inference.json`` (``--source`` to ``--target``). The synthesis and the truth are each
+projected on the tissue fractions (the least-squares fit ``sum_k f_k mu_k + c`` inside the brain):
+the projection's r with the truth says how well the synthesis paints each tissue, the share of
+the synthesis's variance the projection leaves says how much of it is not tissue at all, and the
+fitted means (over white matter's) are its contrast beside the truth's::
+
+    python -m monai.bundle run --config_file "['configs/inference.json','configs/quick.json']" \
+        --dataset_dir /tmp/test --output_dir /tmp/syn --target t2 --source t1     # in bundles/seq2seq
+    python tools/contrast_study.py errors --data /tmp/test --synthesized /tmp/syn --source t1 --target t2
 """
 
 from __future__ import annotations
@@ -76,8 +87,6 @@ def loss_study(a) -> None:
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, betas=(a.beta1, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps) if a.cosine else None
-    if a.skip and a.mixture:
-        raise SystemExit("--skip and --mixture cannot be combined")
     if a.skip:  # additive skip connections: each encoder level's output joins the decoder at its size
         enc, dec = net.encoder, net.decoder
 
@@ -93,7 +102,7 @@ def loss_study(a) -> None:
                 h = block(h, emb)
             for block, sk in zip(dec.up_blocks, reversed(skips[:-1])):
                 h = block(h, emb) + sk
-            return dec.final_act(dec.final_conv(h, emb))
+            return dec.head(h, emb)
 
         net.forward = forward
     loss = torch.nn.SmoothL1Loss(beta=a.beta)
@@ -270,6 +279,65 @@ def ceiling(a) -> None:
                 print(row)
 
 
+def error_decomposition(synthesis: np.ndarray, truth: np.ndarray, fractions: np.ndarray, mask: np.ndarray,
+                        source_noise: np.ndarray | None = None) -> dict:
+    """Split ``synthesis`` and ``truth`` inside ``mask`` into their projections on the tissue
+    ``fractions`` ``(K, *spatial)`` (least-squares tissue means and an offset) and the rest.
+
+    Returns ``r`` (synthesis with truth), ``r_projection`` (the synthesis's projection with the
+    truth), ``r_oracle`` (the truth's projection with the truth: the tissue oracle), ``share`` and
+    ``share_truth`` (the variance each projection leaves, over the image's), ``r_residuals`` (the
+    two residuals), ``r_noise`` (the synthesis's residual with ``source_noise``, NaN without it),
+    ``means`` and ``means_truth`` (the fitted tissue means, ``(K,)``)."""
+    from mrsynth.metrics import fit_tissue_means
+
+    m = np.asarray(mask, bool)
+    design = np.concatenate([fractions[:, m].T, np.ones((int(m.sum()), 1))], axis=1)
+    mu_s, mu_t = fit_tissue_means(fractions, synthesis, m), fit_tissue_means(fractions, truth, m)
+    proj_s, proj_t = design @ mu_s, design @ mu_t
+    syn, tru = synthesis[m], truth[m]
+    res_s, res_t = syn - proj_s, tru - proj_t
+    return {
+        "r": pearson_r(syn, tru), "r_projection": pearson_r(proj_s, tru), "r_oracle": pearson_r(proj_t, tru),
+        "share": float(res_s.var() / syn.var()), "share_truth": float(res_t.var() / tru.var()),
+        "r_residuals": pearson_r(res_s, res_t),
+        "r_noise": pearson_r(res_s, source_noise[m]) if source_noise is not None else float("nan"),
+        "means": mu_s[:-1], "means_truth": mu_t[:-1],
+    }
+
+
+def error_study(a) -> None:
+    import nibabel as nib
+
+    def load(path: Path) -> np.ndarray:
+        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+
+    cases = sorted(p.name for p in Path(a.synthesized).iterdir() if p.is_dir()) if Path(a.synthesized).is_dir() else []
+    if not cases:
+        raise SystemExit(f"errors: no case folders in {a.synthesized}")
+    print(f"{a.source} -> {a.target}; r inside the brain against the noiseless target; 'share' is the part of the "
+          "image's variance that its tissue projection leaves; means are over white matter's")
+    print("| case | r | r, projection | r, tissue oracle | share, synthesis | share, truth | "
+          "r of the residuals | r, residual with source noise | means, synthesis | means, truth |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    wm = TISSUES.index("wm")
+    fmt = lambda mu: " ".join(f"{k} {v / mu[wm]:.2f}" for k, v in zip(TISSUES, mu) if k != "wm")  # noqa: E731
+    for case in cases:
+        d = Path(a.data) / case
+        need = [Path(a.synthesized) / case / f"{case}_{a.target}_syn.nii.gz"] + [
+            d / f"{case}_{n}.nii.gz" for n in (f"{a.target}_noiseless", a.source, f"{a.source}_noiseless",
+                                               "fractions", "tissue")]
+        missing = [p.name for p in need if not p.exists()]
+        if missing:
+            print(f"| {case} | skipped: no {', '.join(missing)} |", file=sys.stderr)
+            continue
+        syn, truth, noisy, clean, frac, tissue = (load(p) for p in need)
+        e = error_decomposition(syn, truth, np.moveaxis(frac, -1, 0), tissue > 0, noisy - clean)
+        print(f"| {case} | {e['r']:.3f} | {e['r_projection']:.3f} | {e['r_oracle']:.3f} | {e['share']:.3f} | "
+              f"{e['share_truth']:.3f} | {e['r_residuals']:.3f} | {e['r_noise']:.3f} | {fmt(e['means'])} | "
+              f"{fmt(e['means_truth'])} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -309,8 +377,13 @@ def main(argv=None) -> int:
     ce.add_argument("--train-seed", type=int, default=0, help="phantom seed of the training subjects")
     ce.add_argument("--train-subjects", type=int, default=0,
                     help="fit the population predictors on this many training subjects (0: none)")
+    er = sub.add_parser("errors", help="what a synthesis's error is made of, tissue by tissue")
+    er.add_argument("--data", required=True, help="phantom test folder (noiseless images, fractions, tissue maps)")
+    er.add_argument("--synthesized", required=True, help="inference.json's --output_dir")
+    er.add_argument("--source", required=True, choices=SEQ)
+    er.add_argument("--target", required=True, choices=SEQ)
     a = ap.parse_args(argv)
-    loss_study(a) if a.cmd == "loss" else ceiling(a)
+    {"loss": loss_study, "ceiling": ceiling, "errors": error_study}[a.cmd](a)
     return 0
 
 

@@ -402,6 +402,11 @@ class Seq2SeqDecoder(nn.Module):
             x = block(x, embedding)
         for block in self.up_blocks:
             x = block(x, embedding)
+        return self.head(x, embedding)
+
+    def head(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The last hyper-convolution and the output (``final_act``, or the mixture) from
+        full-resolution features ``(B, channels[0], *spatial)``."""
         y = self.final_conv(x, embedding)
         if self.mixture_classes == 0:
             return self.final_act(y)
