@@ -107,6 +107,11 @@ def loss_study(a) -> None:
         net.forward = forward
     loss = torch.nn.SmoothL1Loss(beta=a.beta)
     df = net.encoder.downsample_factor
+    if a.bias_aug:  # an extra smooth multiplicative field on the source only (its signal scale: 0 = none)
+        from monai.transforms import RandBiasField
+
+        bias_field = RandBiasField(degree=3, coeff_range=(0.0, a.bias_aug), prob=1.0)
+        bias_field.set_random_state(a.seed)
     fixed_target = SEQ.index(a.target) if a.target else -1
 
     def sample():
@@ -152,6 +157,8 @@ def loss_study(a) -> None:
     for step in range(1, a.steps + 1):
         x, y, sc, tc, alls = sample()
         n = x.shape[0]
+        if a.bias_aug:
+            x = torch.stack([torch.as_tensor(bias_field(xi + 1.0)).float() - 1.0 for xi in x]).clamp(-1.0, 1.0)
         if a.all_targets:  # each source slice encoded once, decoded to each of the other three sequences
             feats = net.encode(x)
             idx = [(i, t) for i in range(n) for t in range(4) if t != int(sc[i])]
@@ -364,6 +371,8 @@ def main(argv=None) -> int:
     lo.add_argument("--skip", action="store_true",
                     help="add each encoder level's output to the decoder's at the same size (not the paper's)")
     lo.add_argument("--threads", type=int, default=1)
+    lo.add_argument("--bias-aug", type=float, default=0.0,
+                    help="MONAI RandBiasField on each source crop (coefficients up to this; 0: off)")
     lo.add_argument("--mixture", type=int, default=0,
                     help="Seq2Seq's mixture_classes: each output voxel a softmax mixture of this many learned "
                          "classes, one intensity per class and target (0: the paper's tanh output)")
