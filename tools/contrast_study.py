@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Why a small Seq2Seq stayed at the identity, and how far one source can go: two measurements.
+"""Why a small Seq2Seq stayed at the identity, how far one source can go, and what a synthesis's error
+is made of: three measurements.
 
 ``loss``: trains the quick-size Seq2Seq network (no bundle, no handlers: the bare loop) on a
 phantom training folder with a chosen loss balance and pair sampling, and prints, every
@@ -14,6 +15,7 @@ its target is a copy::
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --target t2   # one target only
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --channels 32 64   # capacity
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0.1 --mixture 8  # mixture output
+    python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0.1 --mixture 8 --bias-aug 0.15
 
 ``ceiling``: for one unseen subject, the correlation with the noiseless target that a *pointwise*
 intensity map of the source can reach at best (a 64-bin lookup table fitted on the target: from
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mrsynth.data.phantom import TISSUES, simulate_subject, subject_seed  # noqa: E402
-from mrsynth.metrics import pearson_r, tissue_contrast, tissue_oracle  # noqa: E402
+from mrsynth.metrics import fit_tissue_means, pearson_r, tissue_contrast, tissue_oracle  # noqa: E402
 from mrsynth.transforms import PAPER, apply_range, percentile_range  # noqa: E402
 
 SEQ = ["t1", "t1ce", "t2", "flair"]
@@ -296,8 +298,6 @@ def error_decomposition(synthesis: np.ndarray, truth: np.ndarray, fractions: np.
     ``share_truth`` (the variance each projection leaves, over the image's), ``r_residuals`` (the
     two residuals), ``r_noise`` (the synthesis's residual with ``source_noise``, NaN without it),
     ``means`` and ``means_truth`` (the fitted tissue means, ``(K,)``)."""
-    from mrsynth.metrics import fit_tissue_means
-
     m = np.asarray(mask, bool)
     design = np.concatenate([fractions[:, m].T, np.ones((int(m.sum()), 1))], axis=1)
     mu_s, mu_t = fit_tissue_means(fractions, synthesis, m), fit_tissue_means(fractions, truth, m)
