@@ -76,6 +76,8 @@ def loss_study(a) -> None:
     from mrsynth.networks import Seq2Seq
     from mrsynth.transforms import LoadSequencesd, ScalePercentiled
 
+    if a.slices < 1 or a.slices % 2 == 0:
+        raise SystemExit(f"--slices must be odd, got {a.slices}")
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -83,7 +85,8 @@ def loss_study(a) -> None:
     vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in map(pre, list_cases(a.data, SEQ))]
     H, W, D = vols[0].shape[1:]
     tests = [normalised_subject(a.test_seed, i)[:3] for i in range(2)]
-    net = Seq2Seq(2, 3, 3, num_codes=64, channels=a.channels, num_res_blocks=a.res_blocks, num_kernels=a.kernels,
+    k = a.slices // 2  # slices either side of the centre one
+    net = Seq2Seq(2, a.slices, a.slices, num_codes=64, channels=a.channels, num_res_blocks=a.res_blocks, num_kernels=a.kernels,
                   code_dim=16, norm=None if a.norm == "none" else a.norm, mixture_classes=a.mixture)
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, {a.norm} norm, "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
@@ -128,9 +131,9 @@ def loss_study(a) -> None:
                 t = fixed_target
                 while s == t:
                     s = np.random.randint(4)
-            z = np.random.randint(1, D - 1)
+            z = np.random.randint(k, D - k)
             x0, y0 = np.random.randint(0, H - a.patch + 1), np.random.randint(0, W - a.patch + 1)
-            sl = v[:, x0:x0 + a.patch, y0:y0 + a.patch, z - 1:z + 2].permute(0, 3, 1, 2)
+            sl = v[:, x0:x0 + a.patch, y0:y0 + a.patch, z - k:z + k + 1].permute(0, 3, 1, 2)
             xs.append(sl[s]), ys.append(sl[t]), sc.append(s), tc.append(t), alls.append(sl)
         return torch.stack(xs), torch.stack(ys), torch.tensor(sc), torch.tensor(tc), torch.stack(alls)
 
@@ -142,12 +145,12 @@ def loss_study(a) -> None:
             zs = list(range(D // 2 - 15, D // 2 + 15, 2))
             m = torch.stack([bm[..., z] for z in zs])
             for si, s in enumerate(SEQ):
-                x = torch.stack([noisy[si][..., z - 1:z + 2].permute(2, 0, 1) for z in zs])
+                x = torch.stack([noisy[si][..., z - k:z + k + 1].permute(2, 0, 1) for z in zs])
                 x = F.pad(x, (0, (-W) % df, 0, (-H) % df), value=-1.0)
                 for ti, t in enumerate(SEQ):
                     if s == t:
                         continue
-                    p = net(x, torch.full((len(zs),), ti))[:, 1, :H, :W]
+                    p = net(x, torch.full((len(zs),), ti))[:, k, :H, :W]
                     tru = torch.stack([clean[ti][..., z] for z in zs])
                     src = torch.stack([clean[si][..., z] for z in zs])
                     res.setdefault(f"{s}->{t}", []).append((pearson_r(p[m], tru[m]), pearson_r(p[m], src[m])))
@@ -371,6 +374,7 @@ def main(argv=None) -> int:
     lo.add_argument("--skip", action="store_true",
                     help="add each encoder level's output to the decoder's at the same size (not the paper's)")
     lo.add_argument("--threads", type=int, default=1)
+    lo.add_argument("--slices", type=int, default=3, help="adjacent axial slices in and out, odd (the bundles': 3)")
     lo.add_argument("--bias-aug", type=float, default=0.0,
                     help="MONAI RandBiasField on each source crop (coefficients up to this; 0: off)")
     lo.add_argument("--mixture", type=int, default=0,
