@@ -109,3 +109,32 @@ def test_error_decomposition_separates_tissue_contrast_from_the_rest(tmp_path, c
     assert abs(float(cells[4]) - e["share"]) < 1e-3  # the same decomposition as the function's
     assert "csf 3.00 gm 1.40" in cells[9]
     assert "PHANTOM_0001 | skipped: no PHANTOM_0001_fractions.nii.gz" in err
+
+
+def test_loss_study_draws_lesion_slices_weighs_lesions_and_reports_contrast_ratios(tmp_path, capsys):
+    """``loss --lesion-prob --lesion-weight`` trains on a phantom folder with seg labels and prints
+    the contrast ratios beside r; the weight is refused with the self and cycle terms (it weighs the
+    target term alone) and without seg labels."""
+    import pytest
+
+    from mrsynth.data.phantom import write_dataset
+
+    write_dataset(tmp_path / "p", subjects=2, spacing=2.0, seed=0, progress=False)
+    common = ["loss", "--data", str(tmp_path / "p"), "--steps", "1", "--eval-every", "1", "--patch", "64",
+              "--crops", "2", "--identity-prob", "0.1", "--mixture", "4"]
+    contrast_study.main(common + ["--self", "0", "--cycle", "0", "--lesion-prob", "1", "--lesion-weight", "3"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("step 1 "))
+    ok, n = line.split("within 15 % of the truth's: ")[1].split(",")[0].split("/")
+    assert int(n) >= 48 and 0 <= int(ok) <= int(n)  # 12 pairs x 4-5 ratios on the 2 unseen subjects
+    assert "oedema/wm" in line and "mean |error|" in line
+    with pytest.raises(SystemExit, match="target term alone"):
+        contrast_study.main(common + ["--lesion-weight", "3"])  # the paper's self and cycle terms on
+    contrast_study.main(["ratios", "--data", str(tmp_path / "p")])  # leave one out over the 2 subjects
+    rows = [x for x in capsys.readouterr().out.splitlines() if x.split("|")[1:2] and x.split("|")[1].strip() in contrast_study.SEQ]
+    assert [r.split("|")[1].strip() for r in rows] == ["t1", "t1ce", "t2", "flair"]
+    t2_csf = rows[2].split("|")[2].strip()  # "lo-hi, share": T2 shows CSF brighter than WM in both
+    assert float(t2_csf.split("-")[0]) > 1.0 and 0.0 <= float(t2_csf.split(", ")[1]) <= 1.0
+    for seg in (tmp_path / "p").glob("*/*_seg.nii.gz"):
+        seg.unlink()
+    with pytest.raises(SystemExit, match="need a seg label"):
+        contrast_study.main(common + ["--self", "0", "--cycle", "0", "--lesion-prob", "0.5"])

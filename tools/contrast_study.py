@@ -16,6 +16,13 @@ its target is a copy::
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --channels 32 64   # capacity
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0.1 --mixture 8  # mixture output
     python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0.1 --mixture 8 --bias-aug 0.15
+    python tools/contrast_study.py loss --data /tmp/p --self 0 --cycle 0 --identity-prob 0.1 --mixture 8 --lesion-prob 0.5
+
+``ratios``: how far each subject's contrast ratios (tissue / WM, noiseless images) lie from the
+other subjects' mean: what a model that knows every tissue but paints the sequence's typical
+contrast, not the scan's own protocol, gets within 15 %::
+
+    python tools/contrast_study.py ratios --data /tmp/p
 
 ``ceiling``: for one unseen subject, the correlation with the noiseless target that a *pointwise*
 intensity map of the source can reach at best (a 64-bin lookup table fitted on the target: from
@@ -51,7 +58,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mrsynth.data.phantom import TISSUES, simulate_subject, subject_seed  # noqa: E402
-from mrsynth.metrics import fit_tissue_means, pearson_r, tissue_contrast, tissue_oracle  # noqa: E402
+from mrsynth.metrics import (  # noqa: E402
+    LESION_CLASSES,
+    contrast_ratios,
+    fit_tissue_means,
+    pearson_r,
+    tissue_contrast,
+    tissue_oracle,
+)
 from mrsynth.transforms import PAPER, apply_range, percentile_range  # noqa: E402
 
 SEQ = ["t1", "t1ce", "t2", "flair"]
@@ -78,14 +92,25 @@ def loss_study(a) -> None:
 
     if a.slices < 1 or a.slices % 2 == 0:
         raise SystemExit(f"--slices must be odd, got {a.slices}")
+    if a.lesion_weight != 1.0 and (a.all_targets or a.self or a.cycle):
+        raise SystemExit("--lesion-weight weighs the target term alone: use it with --self 0 --cycle 0, without --all-targets")
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     torch.set_num_threads(a.threads)
     pre = Compose([LoadSequencesd(SEQ), ScalePercentiled(SEQ, **PAPER)])
-    vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in map(pre, list_cases(a.data, SEQ))]
+    cases_ = list_cases(a.data, SEQ)
+    vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in map(pre, cases_)]
     H, W, D = vols[0].shape[1:]
-    tests = [normalised_subject(a.test_seed, i)[:3] for i in range(2)]
+    tests = [(*t[:3], torch.as_tensor(t[3].tissue)) for t in (normalised_subject(a.test_seed, i) for i in range(2))]
     k = a.slices // 2  # slices either side of the centre one
+    lesion_z = None
+    if a.lesion_prob or a.lesion_weight != 1.0:  # the cases' lesion labels (BraTS seg > 0)
+        if any("seg" not in c for c in cases_):
+            raise SystemExit(f"--lesion-prob / --lesion-weight need a seg label in every case of {a.data}")
+        load_seg = Compose([LoadSequencesd(["seg"])])
+        segs = [load_seg(c)["seg"][0] > 0 for c in cases_]
+        # the slices whose centre holds lesion voxels, per case (a case without lesions: none)
+        lesion_z = [[z for z in range(k, D - k) if bool(sg[..., z].any())] for sg in segs]
     net = Seq2Seq(2, a.slices, a.slices, num_codes=64, channels=a.channels, num_res_blocks=a.res_blocks, num_kernels=a.kernels,
                   code_dim=16, norm=None if a.norm == "none" else a.norm, mixture_classes=a.mixture)
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, {a.norm} norm, "
@@ -111,6 +136,7 @@ def loss_study(a) -> None:
 
         net.forward = forward
     loss = torch.nn.SmoothL1Loss(beta=a.beta)
+    pointwise = torch.nn.SmoothL1Loss(beta=a.beta, reduction="none")
     df = net.encoder.downsample_factor
     if a.bias_aug:  # an extra smooth multiplicative field on the source only (its signal scale: 0 = none)
         from monai.transforms import RandBiasField
@@ -120,10 +146,11 @@ def loss_study(a) -> None:
     fixed_target = SEQ.index(a.target) if a.target else -1
 
     def sample():
-        xs, ys, sc, tc, alls = [], [], [], [], []
+        xs, ys, sc, tc, alls, ws = [], [], [], [], [], []
         cases = np.random.choice(len(vols), a.cases, replace=False)
         for j in range(a.crops * a.cases):
-            v = vols[cases[j // a.crops]]
+            c = cases[j // a.crops]
+            v = vols[c]
             s, t = np.random.randint(4), np.random.randint(4)
             if a.identity_prob is not None:
                 t = s if np.random.rand() < a.identity_prob else np.random.choice([i for i in range(4) if i != s])
@@ -132,18 +159,26 @@ def loss_study(a) -> None:
                 while s == t:
                     s = np.random.randint(4)
             z = np.random.randint(k, D - k)
+            if a.lesion_prob and lesion_z[c] and np.random.rand() < a.lesion_prob:
+                z = int(np.random.choice(lesion_z[c]))
             x0, y0 = np.random.randint(0, H - a.patch + 1), np.random.randint(0, W - a.patch + 1)
             sl = v[:, x0:x0 + a.patch, y0:y0 + a.patch, z - k:z + k + 1].permute(0, 3, 1, 2)
             xs.append(sl[s]), ys.append(sl[t]), sc.append(s), tc.append(t), alls.append(sl)
-        return torch.stack(xs), torch.stack(ys), torch.tensor(sc), torch.tensor(tc), torch.stack(alls)
+            if lesion_z is not None:
+                ws.append(1.0 + (a.lesion_weight - 1.0) * segs[c][x0:x0 + a.patch, y0:y0 + a.patch, z - k:z + k + 1]
+                          .permute(2, 0, 1).float())
+        w = torch.stack(ws) if ws else None
+        return torch.stack(xs), torch.stack(ys), torch.tensor(sc), torch.tensor(tc), torch.stack(alls), w
 
     @torch.no_grad()
     def evaluate() -> dict:
         net.eval()
         res: dict = {}
-        for noisy, clean, bm in tests:
+        preds: dict = {}
+        for noisy, clean, bm, tis in tests:
             zs = list(range(D // 2 - 15, D // 2 + 15, 2))
             m = torch.stack([bm[..., z] for z in zs])
+            tz = torch.stack([tis[..., z] for z in zs])
             for si, s in enumerate(SEQ):
                 x = torch.stack([noisy[si][..., z - k:z + k + 1].permute(2, 0, 1) for z in zs])
                 x = F.pad(x, (0, (-W) % df, 0, (-H) % df), value=-1.0)
@@ -154,13 +189,18 @@ def loss_study(a) -> None:
                     tru = torch.stack([clean[ti][..., z] for z in zs])
                     src = torch.stack([clean[si][..., z] for z in zs])
                     res.setdefault(f"{s}->{t}", []).append((pearson_r(p[m], tru[m]), pearson_r(p[m], src[m])))
+                    pr = preds.setdefault(f"{s}->{t}", ([], [], []))
+                    pr[0].append(p), pr[1].append(tru), pr[2].append(tz)
         net.train()
-        return {k: tuple(np.mean(v, 0)) for k, v in res.items()}
+        # contrast ratios over both subjects' evaluated slices: (ratio, synthesis / truth - 1) per pair
+        ratios = {key: {c: (v["error"], v["same_side"]) for c, v in contrast_ratios(torch.cat(p), torch.cat(t), torch.cat(z)).items()}
+                  for key, (p, t, z) in preds.items()}
+        return {k: tuple(np.mean(v, 0)) for k, v in res.items()}, ratios
 
     t0, t_eval = time.time(), 0.0
     net.train()
     for step in range(1, a.steps + 1):
-        x, y, sc, tc, alls = sample()
+        x, y, sc, tc, alls, w = sample()
         n = x.shape[0]
         if a.bias_aug:
             x = torch.stack([torch.as_tensor(bias_field(xi + 1.0)).float() - 1.0 for xi in x]).clamp(-1.0, 1.0)
@@ -168,12 +208,14 @@ def loss_study(a) -> None:
             feats = net.encode(x)
             idx = [(i, t) for i in range(n) for t in range(4) if t != int(sc[i])]
             out = net.decode(feats[[i for i, _ in idx]], torch.tensor([t for _, t in idx]))
-            total = a.rec * loss(out, torch.stack([alls[i, t] for i, t in idx]))
+            total = a.rec * loss(out, torch.stack([alls[i, t] for i, t in idx]))  # (no --lesion-weight here)
         elif a.self or a.cycle:
             both = net(torch.cat([x, x]), torch.cat([tc, sc]))
             out_tgt, out_src = both[:n], both[n:]
             out_cyc = net(out_tgt, sc)
             total = a.rec * loss(out_tgt, y) + a.self * loss(out_src, x) + a.cycle * loss(out_cyc, x)
+        elif w is not None:  # the target term, each voxel weighted (lesion voxels --lesion-weight times)
+            total = a.rec * (pointwise(net(x, tc), y) * w).sum() / w.sum()
         else:  # the target term alone: one pass, as the bundle's step
             total = a.rec * loss(net(x, tc), y)
         opt.zero_grad()
@@ -183,11 +225,16 @@ def loss_study(a) -> None:
             sched.step()
         if step % a.eval_every == 0 or step == a.steps:
             t1 = time.time()
-            ev = evaluate()
+            ev, ratios = evaluate()
             t_eval += time.time() - t1
+            ok = [abs(e) <= 0.15 and side for r in ratios.values() for e, side in r.values()]
+            les = [(abs(e) <= 0.15 and side, abs(e)) for r in ratios.values() for c, (e, side) in r.items()
+                   if c.split("/")[0] in LESION_CLASSES]
             print(f"step {step} ({time.time() - t0:.0f} s, {time.time() - t0 - t_eval:.0f} s training): mean r over the 12 pairs {np.mean([v[0] for v in ev.values()]):.3f}; "
-                  + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items() if k.startswith("t1->")),
-                  flush=True)
+                  + ", ".join(f"{k} r {v[0]:.3f} (with source {v[1]:.3f})" for k, v in ev.items() if k.startswith("t1->"))
+                  + f"; contrast ratios within 15 % of the truth's: {sum(ok)}/{len(ok)}, lesions' "
+                  f"{sum(o for o, _ in les)}/{len(les)} (mean |error| {np.mean([e for _, e in les]):.3f}); t1->t2 "
+                  + " ".join(f"{c} {e:+.2f}" for c, (e, _) in ratios["t1->t2"].items()), flush=True)
 
 
 def quantile_bins(x: np.ndarray, ref: np.ndarray, bins: int) -> np.ndarray:
@@ -348,6 +395,34 @@ def error_study(a) -> None:
               f"{fmt(e['means_truth'])} |")
 
 
+def population_ratios(a) -> None:
+    from mrsynth.data import list_cases
+    from mrsynth.metrics import RATIOS, tissue_means
+    from mrsynth.transforms import LoadSequencesd
+
+    cases = list_cases(a.data, SEQ)
+    if len(cases) < 2:
+        raise SystemExit(f"ratios: need two or more cases in {a.data}")
+    load = LoadSequencesd(SEQ + [f"{s}_noiseless" for s in SEQ] + ["tissue"])
+    ratios = {s: [] for s in SEQ}
+    for c in cases:
+        d = load(c)
+        tissue = np.asarray(d["tissue"][0])
+        for s in SEQ:  # the noiseless image on the noisy image's [-1, 1] scale, as the evaluation's
+            lo, hi = percentile_range(np.asarray(d[s][0]), **_RANGE)
+            m = tissue_means(apply_range(torch.as_tensor(np.asarray(d[f"{s}_noiseless"][0])), lo, hi), tissue)
+            ratios[s].append([m[r] / m["wm"] if r in m else np.nan for r in RATIOS])
+    print(f"{len(cases)} subjects; each subject's ratios predicted by the other subjects' mean (leave one out)")
+    print("| target | " + " | ".join(f"{r}/wm: range, within 15 %" for r in RATIOS) + " | all within 15 % |")
+    print("|---|" + "---|" * (len(RATIOS) + 1))
+    for s in SEQ:
+        v = np.array(ratios[s])
+        err = np.abs(np.array([np.nanmean(np.delete(v, i, 0), 0) for i in range(len(v))]) / v - 1.0)
+        cells = [f"{np.nanmin(v[:, j]):.2f}-{np.nanmax(v[:, j]):.2f}, {np.mean(err[~np.isnan(err[:, j]), j] <= 0.15):.2f}"
+                 for j in range(len(RATIOS))]
+        print(f"| {s} | " + " | ".join(cells) + f" | {np.mean(np.where(np.isnan(err), True, err <= 0.15).all(1)):.2f} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -377,6 +452,11 @@ def main(argv=None) -> int:
     lo.add_argument("--slices", type=int, default=3, help="adjacent axial slices in and out, odd (the bundles': 3)")
     lo.add_argument("--bias-aug", type=float, default=0.0,
                     help="MONAI RandBiasField on each source crop (coefficients up to this; 0: off)")
+    lo.add_argument("--lesion-prob", type=float, default=0.0,
+                    help="probability that a crop's centre slice is drawn among the case's slices holding lesion "
+                         "voxels (its seg > 0) instead of uniformly (0: uniform)")
+    lo.add_argument("--lesion-weight", type=float, default=1.0,
+                    help="weight of the target term on lesion voxels (seg > 0) against 1 elsewhere")
     lo.add_argument("--mixture", type=int, default=0,
                     help="Seq2Seq's mixture_classes: each output voxel a softmax mixture of this many learned "
                          "classes, one intensity per class and target (0: the paper's tanh output)")
@@ -395,8 +475,10 @@ def main(argv=None) -> int:
     er.add_argument("--synthesized", required=True, help="inference.json's --output_dir")
     er.add_argument("--source", required=True, choices=SEQ)
     er.add_argument("--target", required=True, choices=SEQ)
+    ra = sub.add_parser("ratios", help="each subject's contrast ratios against the other subjects' mean")
+    ra.add_argument("--data", required=True, help="phantom folder (noiseless images and tissue maps)")
     a = ap.parse_args(argv)
-    {"loss": loss_study, "ceiling": ceiling, "errors": error_study}[a.cmd](a)
+    {"loss": loss_study, "ceiling": ceiling, "errors": error_study, "ratios": population_ratios}[a.cmd](a)
     return 0
 
 
