@@ -97,20 +97,19 @@ def loss_study(a) -> None:
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     torch.set_num_threads(a.threads)
-    pre = Compose([LoadSequencesd(SEQ), ScalePercentiled(SEQ, **PAPER)])
+    lesions = bool(a.lesion_prob or a.lesion_weight != 1.0)  # the cases' lesion labels (BraTS seg > 0) needed
     cases_ = list_cases(a.data, SEQ)
-    vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in map(pre, cases_)]
+    if lesions and any("seg" not in c for c in cases_):
+        raise SystemExit(f"--lesion-prob / --lesion-weight need a seg label in every case of {a.data}")
+    pre = Compose([LoadSequencesd(SEQ + (["seg"] if lesions else [])), ScalePercentiled(SEQ, **PAPER)])
+    loaded = [pre(c) for c in cases_]
+    vols = [torch.stack([torch.as_tensor(d[s][0]) for s in SEQ]) for d in loaded]
     H, W, D = vols[0].shape[1:]
     tests = [(*t[:3], torch.as_tensor(t[3].tissue)) for t in (normalised_subject(a.test_seed, i) for i in range(2))]
     k = a.slices // 2  # slices either side of the centre one
-    lesion_z = None
-    if a.lesion_prob or a.lesion_weight != 1.0:  # the cases' lesion labels (BraTS seg > 0)
-        if any("seg" not in c for c in cases_):
-            raise SystemExit(f"--lesion-prob / --lesion-weight need a seg label in every case of {a.data}")
-        load_seg = Compose([LoadSequencesd(["seg"])])
-        segs = [load_seg(c)["seg"][0] > 0 for c in cases_]
-        # the slices whose centre holds lesion voxels, per case (a case without lesions: none)
-        lesion_z = [[z for z in range(k, D - k) if bool(sg[..., z].any())] for sg in segs]
+    segs = [d["seg"][0] > 0 for d in loaded] if lesions else None
+    # the slices whose centre holds lesion voxels, per case (a case without lesions: none)
+    lesion_z = [[z for z in range(k, D - k) if bool(sg[..., z].any())] for sg in segs] if lesions else None
     net = Seq2Seq(2, a.slices, a.slices, num_codes=64, channels=a.channels, num_res_blocks=a.res_blocks, num_kernels=a.kernels,
                   code_dim=16, norm=None if a.norm == "none" else a.norm, mixture_classes=a.mixture)
     print(f"network: widths {a.channels}, {a.res_blocks} residual blocks, {a.kernels} kernels, {a.norm} norm, "
@@ -164,7 +163,7 @@ def loss_study(a) -> None:
             x0, y0 = np.random.randint(0, H - a.patch + 1), np.random.randint(0, W - a.patch + 1)
             sl = v[:, x0:x0 + a.patch, y0:y0 + a.patch, z - k:z + k + 1].permute(0, 3, 1, 2)
             xs.append(sl[s]), ys.append(sl[t]), sc.append(s), tc.append(t), alls.append(sl)
-            if lesion_z is not None:
+            if a.lesion_weight != 1.0:
                 ws.append(1.0 + (a.lesion_weight - 1.0) * segs[c][x0:x0 + a.patch, y0:y0 + a.patch, z - k:z + k + 1]
                           .permute(2, 0, 1).float())
         w = torch.stack(ws) if ws else None
