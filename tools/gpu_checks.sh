@@ -5,13 +5,16 @@
 #      step 2 is written on the CPUs, and torch.profiler's operator table of the autotuned step
 #      (SKIP_STEP=1 skips it);
 #   2. paper-size Seq2Seq, 3 training seeds at once, ${TRAIN_S:-240} s of training each, snapshots
-#      at 60 / 120 / that many seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
+#      at ${MARKS:-60 120 TRAIN_S} seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
+# MIXTURE=K gives both steps the mixture output of K classes (benchmark_paper_size.py --mixture K).
 # TUMSYN=1 also times TUMSyn on a whole 1 mm brain at the paper's width (tools/benchmark_tumsyn.py).
 # Usage (repository root; wheels of the packages the machine lacks in .whl/, see the device tool's
 # README): bash tools/gpu_checks.sh OUT_DIR
 set -u
 OUT=${1:?output folder}
 TRAIN_S=${TRAIN_S:-240}
+MARKS=${MARKS:-60 120 $TRAIN_S}
+MIX=${MIXTURE:+--mixture $MIXTURE}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -25,7 +28,7 @@ W=$(( $(nproc) / 2 ))
 python3 tools/phantom.py --out $DATA/train --subjects 16 --spacing 2 --seed 0 --drop-max 1 --layout brats --quiet --workers $W &
 python3 tools/phantom.py --out $DATA/test --subjects 4 --spacing 2 --seed 1 --layout brats --quiet --workers 4 &
 if [ "${SKIP_STEP:-0}" != 1 ]; then
-  timeout 180 python3 tools/benchmark_paper_size.py --out $DATA --step-only --profile > $DATA/step.log 2>&1
+  timeout 180 python3 tools/benchmark_paper_size.py --out $DATA --step-only --profile $MIX > $DATA/step.log 2>&1
   echo "step rc=$?"; grep -v Warning $DATA/step.log | tail -8
   cp $DATA/step.json $DATA/step_profile.txt "$OUT/" 2>/dev/null; head -40 "$OUT/step_profile.txt" 2>/dev/null
 fi
@@ -36,7 +39,7 @@ if [ "${TUMSYN:-0}" = 1 ]; then
 fi
 wait
 (nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu_util.csv" 2>/dev/null &)
-timeout $(( TRAIN_S + 260 )) python3 tools/benchmark_paper_size.py --out $DATA --seeds 0 1 2 --marks $(echo 60 120 $TRAIN_S | tr " " "\n" | sort -nu | tr "\n" " ") \
+timeout $(( TRAIN_S + 260 )) python3 tools/benchmark_paper_size.py --out $DATA --seeds 0 1 2 --marks $(echo $MARKS $TRAIN_S | tr " " "\n" | sort -nu | tr "\n" " ") $MIX \
   --report "$OUT/paper_size.md" > "$OUT/paper_size.log" 2>&1
 echo "paper size rc=$?"
 grep -v -i "warn" "$OUT/paper_size.log" | tail -60
