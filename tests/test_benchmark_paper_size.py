@@ -77,3 +77,19 @@ def test_step_benchmark_times_every_variant(tmp_path):
     assert all(r["batch"] == 4 and r["ms_per_step"] > 0 for r in recs)
     table = (tmp_path / "step_profile.txt").read_text()  # the profiled step's operators, convolutions among them
     assert "convolution" in table and "CPU total" in table
+
+
+def test_step_variants_time_each_variant_and_append_as_measured(tmp_path):
+    """--step-variants: the quick network's autotuned four-target step with each launch-saving
+    option, one JSON line per variant in step_variants.jsonl (torch.compile left out: a minute of
+    compiling on a CPU); an unknown variant is refused by name."""
+    args = bps.build_parser().parse_args(["--out", str(tmp_path), "--quick", "--patch", "16", "16",
+                                          "--batch-cases", "1", "--samples-per-case", "4"])
+    names = ["Adam (foreach)", "Adam fused", "Adam fused, channels_last"]
+    out = tmp_path / "step_variants.jsonl"
+    recs = bps.step_variants(args, steps=1, warmup=1, out_file=out, only=names)
+    assert [r["variant"] for r in recs] == names
+    assert all("error" not in r and r["batch"] == 4 and r["ms_per_step"] > 0 for r in recs), recs
+    assert [json.loads(line) for line in out.read_text().splitlines()] == recs
+    with pytest.raises(ValueError, match="unknown step variant"):
+        bps.step_variants(args, steps=1, warmup=1, only=["Adam (sgd)"])

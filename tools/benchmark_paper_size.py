@@ -33,7 +33,8 @@ hyper-convolution one grouped convolution) and, for reference, with one target (
 convolutions), with cuDNN autotuning off (what ``set_determinism`` leaves) and on (what the
 training configs set, ``cudnn_benchmark``), and writes ``<out>/step.json``: where the time of a
 training step goes on a GPU, against the whole loop's rate that the snapshot records give.
-``--profile`` adds torch.profiler's operator table of the autotuned four-target step
+``--step-variants`` times the autotuned four-target step with fused Adam, channels-last memory
+and ``torch.compile`` (``<out>/step_variants.jsonl``). ``--profile`` adds torch.profiler's operator table of the autotuned four-target step
 (``<out>/step_profile.txt``).
 
 Outputs: ``<out>/seed<S>/models/model_t<M>s.pt`` and ``model_tsnapshots.json``,
@@ -193,6 +194,90 @@ def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
     return records
 
 
+def step_variants(args, steps: int = 10, warmup: int = 3, out_file: Path | None = None,
+                  only: list[str] | None = None) -> list[dict]:
+    """Time the autotuned four-target step (as :func:`step_benchmark`) with the launch-saving
+    options the profile points to: Adam's fused kernel (``fused=True``), the network and batch in
+    channels-last memory format, and ``torch.compile`` of the network (its compile time, the warm-up,
+    recorded apart). One JSON line per variant, appended to ``out_file`` as it is measured; ``only``
+    names a subset of the variants."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from mrsynth.amp import cudnn_autotune
+
+    parser = ConfigParser()
+    parser.read_config(configs(args))
+    parser.update(network_overrides(args))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = device.type == "cuda"
+    cudnn_autotune(True)
+    batch = args.batch_cases * args.samples_per_case
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
+    y = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
+    code = (torch.arange(batch) % 4).to(device)
+    loss_fn = torch.nn.SmoothL1Loss(beta=training_overrides(args, 0, Path(args.out))["loss_beta"])
+    variants = {"Adam (foreach)": {}, "Adam fused": {"fused": True},
+                "Adam fused, channels_last": {"fused": True, "channels_last": True},
+                "Adam fused, torch.compile": {"fused": True, "compile": True}}
+    unknown = set(only or ()) - set(variants)
+    if unknown:
+        raise ValueError(f"unknown step variant(s) {sorted(unknown)}; known: {list(variants)}")
+    records = []
+    for name, opts in variants.items():
+        if only is not None and name not in only:
+            continue
+        torch.manual_seed(0)
+        net = parser.get_parsed_content("network_def", instantiate=True, lazy=False).to(device)
+        xin = x
+        if opts.get("channels_last"):  # the 4-D weights (the hyper-convolutions' banks are 5-D) and the batch
+            for p in net.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+            xin = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=opts.get("fused"))
+        model = torch.compile(net) if opts.get("compile") else net
+        scaler = torch.amp.GradScaler(device.type, enabled=amp)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                loss = loss_fn(model(xin, code).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        t = time.perf_counter()
+        try:
+            for _ in range(warmup):
+                step()
+        except Exception as e:  # noqa: BLE001 - a variant that cannot run is reported, the rest go on
+            rec = {"variant": name, "error": f"{type(e).__name__}: {e}"[:500]}
+        else:
+            if amp:
+                torch.cuda.synchronize()
+            warm_s = time.perf_counter() - t
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if amp:
+                torch.cuda.synchronize()
+            ms = 1000 * (time.perf_counter() - t) / steps
+            rec = {"variant": name, "batch": batch, "warmup_s": round(warm_s, 1), "ms_per_step": round(ms, 2),
+                   "slices_per_s": round(1000 * batch / ms, 1)}
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+        if out_file is not None:
+            out_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(out_file, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        del net, model, opt
+        if amp:
+            torch.cuda.empty_cache()
+    return records
+
+
 def profile_step(step, path: Path, cuda: bool, steps: int = 3, rows: int = 25) -> str:
     """torch.profiler over ``steps`` calls of ``step``: the operators by total device time (CPU
     time on a CPU), written to ``path`` and returned; the next GPU measurement of issue 8 (the
@@ -314,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--step-only", action="store_true", help="time the training step alone (<out>/step.json) and stop")
     ap.add_argument("--profile", action="store_true",
                     help="with --step-only: also profile the autotuned four-target step (<out>/step_profile.txt)")
+    ap.add_argument("--step-variants", action="store_true",
+                    help="time the autotuned four-target step with fused Adam, channels-last and torch.compile "
+                    "(<out>/step_variants.jsonl) and stop")
     ap.add_argument("--report", help="also write the Markdown here")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     return ap
@@ -325,6 +413,9 @@ def main(argv=None) -> int:
     args.marks = sorted(args.marks)
     if args.step_only:
         step_benchmark(args)
+        return 0
+    if args.step_variants:
+        step_variants(args, out_file=Path(args.out) / "step_variants.jsonl")
         return 0
     if args.child is not None:
         child_train(args, args.child)

@@ -15,7 +15,7 @@ OUT=${1:?output folder}
 TRAIN_S=${TRAIN_S:-240}
 MARKS=${MARKS:-60 120 $TRAIN_S}
 MIX=${MIXTURE:+--mixture $MIXTURE}
-mkdir -p "$OUT"
+mkdir -p "$OUT" /tmp/paper_size
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
