@@ -33,9 +33,9 @@ hyper-convolution one grouped convolution) and, for reference, with one target (
 convolutions), with cuDNN autotuning off (what ``set_determinism`` leaves) and on (what the
 training configs set, ``cudnn_benchmark``), and writes ``<out>/step.json``: where the time of a
 training step goes on a GPU, against the whole loop's rate that the snapshot records give.
-``--step-variants`` times the autotuned four-target step with fused Adam, channels-last memory
-and ``torch.compile`` (``<out>/step_variants.jsonl``). ``--profile`` adds torch.profiler's operator table of the autotuned four-target step
-(``<out>/step_profile.txt``).
+``--profile`` adds torch.profiler's operator table of the autotuned four-target step
+(``<out>/step_profile.txt``). ``--step-variants`` times that step with fused Adam, channels-last
+memory and ``torch.compile`` (``<out>/step_variants.jsonl``).
 
 Outputs: ``<out>/seed<S>/models/model_t<M>s.pt`` and ``model_tsnapshots.json``,
 ``<out>/seed<S>/eval_t<M>s/summary.json`` (and the evaluation's other files),

@@ -8,14 +8,16 @@
 #      at ${MARKS:-60 120 TRAIN_S} seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
 # MIXTURE=K gives both steps the mixture output of K classes (benchmark_paper_size.py --mixture K).
 # TUMSYN=1 also times TUMSyn on a whole 1 mm brain at the paper's width (tools/benchmark_tumsyn.py).
-# Usage (repository root; wheels of the packages the machine lacks in .whl/, see the device tool's
-# README): bash tools/gpu_checks.sh OUT_DIR
+# Usage (repository root; wheels of the packages the machine lacks in .whl/: monai, nibabel,
+# pytorch-ignite, fire, termcolor and nilearn (the phantom's template), see the device tool's README):
+# bash tools/gpu_checks.sh OUT_DIR
 set -u
 OUT=${1:?output folder}
 TRAIN_S=${TRAIN_S:-240}
 MARKS=${MARKS:-60 120 $TRAIN_S}
 MIX=${MIXTURE:+--mixture $MIXTURE}
-mkdir -p "$OUT" /tmp/paper_size
+DATA=/tmp/paper_size
+mkdir -p "$OUT" "$DATA"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -23,7 +25,6 @@ fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore GIT_PYTHON_REFRESH=quiet
 nvidia-smi -L
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name(0))" || exit 1
-DATA=/tmp/paper_size
 W=$(( $(nproc) / 2 ))
 python3 tools/phantom.py --out $DATA/train --subjects 16 --spacing 2 --seed 0 --drop-max 1 --layout brats --quiet --workers $W &
 python3 tools/phantom.py --out $DATA/test --subjects 4 --spacing 2 --seed 1 --layout brats --quiet --workers 4 &
