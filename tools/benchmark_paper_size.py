@@ -132,12 +132,11 @@ def evaluate(args, seed: int, run_dir: Path, rec: dict, threads: int):
     return subprocess.Popen(cmd, cwd=BUNDLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), time.time()
 
 
-def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
-    """Time the training step alone (see the module docstring); returns one record per variant."""
+def _step_inputs(args):
+    """What both step benchmarks share: the parsed configs (with the network options), the device,
+    whether mixed precision is on, a random batch and its target, and the runs' loss."""
     import torch
     from monai.bundle import ConfigParser
-
-    from mrsynth.amp import cudnn_autotune
 
     parser = ConfigParser()
     parser.read_config(configs(args))
@@ -147,9 +146,49 @@ def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
     y = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
-    codes = {"4 targets": torch.arange(batch) % 4, "1 target": torch.zeros(batch, dtype=torch.long)}
     loss_fn = torch.nn.SmoothL1Loss(beta=training_overrides(args, 0, Path(args.out))["loss_beta"])  # the runs' loss
-    amp = device.type == "cuda"
+    return parser, device, device.type == "cuda", x, y, loss_fn
+
+
+def _training_step(model, opt, x, code, y, loss_fn, device, amp: bool):
+    """One training step as the engine takes it: float16 autocast and gradient scaling on a GPU."""
+    import torch
+
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = loss_fn(model(x, code).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return step
+
+
+def _ms_per_step(step, steps: int, amp: bool) -> float:
+    import torch
+
+    if amp:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if amp:
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - t) / steps
+
+
+def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
+    """Time the training step alone (see the module docstring); returns one record per variant."""
+    import torch
+
+    from mrsynth.amp import cudnn_autotune
+
+    parser, device, amp, x, y, loss_fn = _step_inputs(args)
+    batch = x.shape[0]
+    codes = {"4 targets": torch.arange(batch) % 4, "1 target": torch.zeros(batch, dtype=torch.long)}
     records = []
     for autotune in (False, True):
         cudnn_autotune(autotune)
@@ -157,27 +196,10 @@ def step_benchmark(args, steps: int = 10, warmup: int = 3) -> list[dict]:
             torch.manual_seed(0)
             net = parser.get_parsed_content("network_def", instantiate=True, lazy=False).to(device)
             opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.5, 0.999))
-            scaler = torch.amp.GradScaler(device.type, enabled=amp)
-            code = codes[code_name].to(device)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(net(x, code).float(), y)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-
+            step = _training_step(net, opt, x, codes[code_name].to(device), y, loss_fn, device, amp)
             for _ in range(warmup):
                 step()
-            if amp:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(steps):
-                step()
-            if amp:
-                torch.cuda.synchronize()
-            ms = 1000 * (time.perf_counter() - t) / steps
+            ms = _ms_per_step(step, steps, amp)
             if getattr(args, "profile", False) and autotune and code_name == "4 targets":
                 profile_step(step, Path(args.out) / "step_profile.txt", cuda=amp)
             rec = {"cudnn_benchmark": autotune, "targets": code_name, "batch": batch,
@@ -202,22 +224,13 @@ def step_variants(args, steps: int = 10, warmup: int = 3, out_file: Path | None 
     recorded apart). One JSON line per variant, appended to ``out_file`` as it is measured; ``only``
     names a subset of the variants."""
     import torch
-    from monai.bundle import ConfigParser
 
     from mrsynth.amp import cudnn_autotune
 
-    parser = ConfigParser()
-    parser.read_config(configs(args))
-    parser.update(network_overrides(args))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = device.type == "cuda"
+    parser, device, amp, x, y, loss_fn = _step_inputs(args)
     cudnn_autotune(True)
-    batch = args.batch_cases * args.samples_per_case
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
-    y = (torch.rand(batch, 3, *args.patch, generator=g) * 2 - 1).to(device)
+    batch = x.shape[0]
     code = (torch.arange(batch) % 4).to(device)
-    loss_fn = torch.nn.SmoothL1Loss(beta=training_overrides(args, 0, Path(args.out))["loss_beta"])
     variants = {"Adam (foreach)": {}, "Adam fused": {"fused": True},
                 "Adam fused, channels_last": {"fused": True, "channels_last": True},
                 "Adam fused, torch.compile": {"fused": True, "compile": True}}
@@ -238,16 +251,7 @@ def step_variants(args, steps: int = 10, warmup: int = 3, out_file: Path | None 
             xin = x.contiguous(memory_format=torch.channels_last)
         opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=opts.get("fused"))
         model = torch.compile(net) if opts.get("compile") else net
-        scaler = torch.amp.GradScaler(device.type, enabled=amp)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = loss_fn(model(xin, code).float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-
+        step = _training_step(model, opt, xin, code, y, loss_fn, device, amp)
         t = time.perf_counter()
         try:
             for _ in range(warmup):
@@ -258,12 +262,7 @@ def step_variants(args, steps: int = 10, warmup: int = 3, out_file: Path | None 
             if amp:
                 torch.cuda.synchronize()
             warm_s = time.perf_counter() - t
-            t = time.perf_counter()
-            for _ in range(steps):
-                step()
-            if amp:
-                torch.cuda.synchronize()
-            ms = 1000 * (time.perf_counter() - t) / steps
+            ms = _ms_per_step(step, steps, amp)
             rec = {"variant": name, "batch": batch, "warmup_s": round(warm_s, 1), "ms_per_step": round(ms, 2),
                    "slices_per_s": round(1000 * batch / ms, 1)}
         print(json.dumps(rec), flush=True)
