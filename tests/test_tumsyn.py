@@ -786,6 +786,42 @@ def test_implicit_errors_and_no_points():
     assert torch.equal(torch.as_tensor(s["label"]), torch.as_tensor(s["label_lr"]))
 
 
+def test_scale_curriculum_reaches_persistent_dataloader_workers():
+    """ScaleCurriculum: scale 1 for the warm-up epochs, then a linear ramp of the upper bound; the
+    new range reaches a DataLoader's persistent worker process (shared memory), not only the
+    transform in the trainer's process."""
+    from ignite.engine import Engine
+    from monai.data import DataLoader, Dataset
+
+    from mrsynth.handlers import ScaleCurriculum
+
+    t = RandImplicitPaird(["t1", "t2"], patch_size=4, scale_range=(1, 3), num_points=0, prompt_suffix=None)
+    cur = ScaleCurriculum(t, (1, 3), warmup_epochs=2, ramp_epochs=3)
+    assert [cur.range_at(e) for e in range(1, 8)] == [(1, 1), (1, 1), (1, 1.5), (1, 2), (1, 2.5), (1, 3), (1, 3)]
+    assert ScaleCurriculum(t, (1, 3), warmup_epochs=1).range_at(2) == (1, 3)
+    t.scale_range = (1.0, 1.0)
+    loader = DataLoader(Dataset([ramp_case(f"c{i}") for i in range(3)], t), batch_size=6, num_workers=1,
+                        persistent_workers=True)
+    scales = []
+    engine = Engine(lambda e, batch: scales.append((e.state.epoch, batch["scale"].tolist())))
+    ScaleCurriculum(t, (2, 3), warmup_epochs=1, ramp_epochs=0).attach(engine)
+    engine.run(loader, max_epochs=3)
+    assert [e for e, _ in scales] == [1, 2, 3]
+    first, later = scales[0][1], [v for _, b in scales[1:] for v in b]
+    assert first == [2.0] * 3  # the warm-up at the range's lower bound, drawn in the worker
+    assert all(2.0 <= v <= 3.0 for v in later) and len(set(later)) > 1  # the full range reached the worker
+    with pytest.raises(ValueError, match="scale_range"):
+        t.scale_range = (0.5, 2)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        ScaleCurriculum(t, (1, 3), warmup_epochs=-1)
+    with pytest.raises(TypeError, match="scale_range"):
+        ScaleCurriculum(object(), (1, 3), warmup_epochs=1)
+    untouched = Engine(lambda e, b: None)
+    ScaleCurriculum(t, (1, 3)).attach(untouched)  # no warm-up, no ramp: not attached, the range stays
+    untouched.run([0], max_epochs=2)
+    assert t.scale_range == (2.0, 3.0)
+
+
 def test_scaled_prompt_native_voxel_size():
     no_vs = Prompt(modality="FLAIR", tr=9000).format()
     assert Prompt.parse(scaled_prompt(no_vs, 2, native=(1.0, 1.0, 3.0))).voxel_size == (2.0, 2.0, 6.0)

@@ -312,3 +312,35 @@ def test_study_tool_evaluates_the_last_epoch_on_request(trained_tumsyn, protocol
         ckpt.unlink()
     with pytest.raises(FileNotFoundError, match="no epoch checkpoint"):
         tumsyn_study.main(argv)
+
+
+def test_scale_curriculum_through_the_stacked_configs(protocol_phantom, tmp_path):
+    """--scale_warmup_epochs: the handler in the trainer's handlers schedules the very sampler the
+    training DataLoader draws from (in a worker process here); stage 1's cubes keep their own range
+    (clip_scale_range) whatever stage 2's scale_range is."""
+    from ignite.engine import Engine
+    from monai.bundle import ConfigParser
+
+    from mrsynth.handlers import ScaleCurriculum
+
+    def parser(names, **ids):
+        p = ConfigParser()
+        p.read_config([str(BUNDLES / B / "configs" / f"{n}.json") for n in names])
+        p.update({"dataset_dir": str(protocol_phantom), "bundle_root": str(tmp_path), "samples_per_case": 1,
+                  "patch_size": 8, "num_points": 10, **ids})
+        return p
+
+    p = parser(STAGE2, scale_range=[1.5, 2.5], scale_warmup_epochs=1, num_workers=1, batch_size=8)
+    (cur,) = [h for h in p.get_parsed_content("train#handlers") if isinstance(h, ScaleCurriculum)]
+    loader = p.get_parsed_content("train#dataloader")
+    assert cur.transform is loader.dataset.transform.transforms[-3]  # RandImplicitPaird, before tokenizing
+    scales = []
+    engine = Engine(lambda e, batch: scales.append(batch["scale"].tolist()))
+    cur.attach(engine)
+    engine.run(loader, max_epochs=3)
+    assert set(scales[0]) == {1.5} and all(1.5 <= s <= 2.5 for b in scales[1:] for s in b)
+    assert len({s for b in scales[1:] for s in b}) > 1
+    assert not [h for h in parser(STAGE2).get_parsed_content("train#handlers") if isinstance(h, ScaleCurriculum)
+                and (h.warmup_epochs or h.ramp_epochs)]  # default: the paper's random scale from the start
+    stage1 = parser(STAGE1, scale_range=[1, 1]).get_parsed_content("train#sampling")[0]
+    assert stage1.scale_range == (1.0, 3.0)

@@ -1,6 +1,7 @@
 """Ignite handlers and helpers that MONAI does not provide (MLflow extras, checkpoint lookup, a
 DDP replica check, one console line per epoch: :mod:`mrsynth.handlers.progress`, a learning-rate
-schedule that follows a resumed run's ``max_epochs``: :class:`ScheduleHorizon`; snapshots at fixed
+schedule that follows a resumed run's ``max_epochs``: :class:`ScheduleHorizon`; a widening
+random-scale range: :class:`ScaleCurriculum`; snapshots at fixed
 training times and a time budget: :class:`TimeSnapshots`)."""
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from pathlib import Path
 
 from .distributed import check_ranks_in_sync, shutdown_distributed
 from .budget import TimeSnapshots
-from .schedule import ScheduleHorizon
+from .schedule import ScaleCurriculum, ScheduleHorizon
 
-__all__ = ["latest_checkpoint", "check_ranks_in_sync", "shutdown_distributed", "ScheduleHorizon", "TimeSnapshots"]
+__all__ = ["latest_checkpoint", "check_ranks_in_sync", "shutdown_distributed", "ScaleCurriculum", "ScheduleHorizon", "TimeSnapshots"]
 
 
 def latest_checkpoint(ckpt_dir, prefix: str = "checkpoint") -> str | None:

@@ -86,16 +86,33 @@ class RandImplicitPaird(Randomizable, MapTransform):
         MapTransform.__init__(self, list(sequences), allow_missing_keys=True)
         self.sequences = [str(s) for s in sequences]
         self.patch_size, self.num_points, self.num_samples = int(patch_size), int(num_points), int(num_samples)
-        lo, hi = (float(v) for v in scale_range)
-        if not 1.0 <= lo <= hi:
-            raise ValueError(f"scale_range must satisfy 1 <= min <= max, got {scale_range}")
-        self.scale_range = (lo, hi)
+        # in shared memory, so that a change (``ScaleCurriculum``) reaches forked DataLoader workers
+        self._scale = torch.zeros(2, dtype=torch.float64).share_memory_()
+        self.scale_range = scale_range
         self.identity, self.foreground = bool(identity), float(foreground)
         self.prompt_suffix, self.fixed_seed = prompt_suffix, fixed_seed
         self.targets_per_source = int(targets_per_source)
         if self.targets_per_source < 1 or self.num_samples % self.targets_per_source:
             raise ValueError(f"targets_per_source ({targets_per_source}) must be >= 1 and divide num_samples "
                              f"({num_samples})")
+
+    @property
+    def scale_range(self) -> tuple[float, float]:
+        """``(min, max)`` of the scale ``s``. Settable while training runs: the bounds live in shared
+        memory, so DataLoader worker processes (forked, persistent or not) draw from the new range
+        from their next sample on (:class:`mrsynth.handlers.ScaleCurriculum`)."""
+        lo, hi = self._scale.tolist()
+        return lo, hi
+
+    @scale_range.setter
+    def scale_range(self, value) -> None:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale_range must be (min, max), got {value!r}") from None
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"scale_range must satisfy 1 <= min <= max, got {value!r}")
+        self._scale[0], self._scale[1] = lo, hi
 
     def randomize(self, data=None) -> None:  # draws happen per sample in __call__
         pass
