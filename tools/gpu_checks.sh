@@ -7,6 +7,8 @@
 #   2. paper-size Seq2Seq, 3 training seeds at once, ${TRAIN_S:-240} s of training each, snapshots
 #      at ${MARKS:-60 120 TRAIN_S} seconds, every snapshot evaluated (tools/benchmark_paper_size.py).
 # MIXTURE=K gives both steps the mixture output of K classes (benchmark_paper_size.py --mixture K).
+# VARIANTS=1 also times the step's launch-saving variants (fused Adam, channels-last, torch.compile
+# with and without CUDA graphs: benchmark_paper_size.py --step-variants, <OUT>/step_variants.jsonl).
 # TUMSYN=1 also times TUMSyn on a whole 1 mm brain at the paper's width (tools/benchmark_tumsyn.py).
 # Usage (repository root; wheels of the packages the machine lacks in .whl/: monai, nibabel,
 # pytorch-ignite, fire, termcolor and nilearn (the phantom's template), see the device tool's README):
@@ -32,6 +34,10 @@ if [ "${SKIP_STEP:-0}" != 1 ]; then
   timeout 180 python3 tools/benchmark_paper_size.py --out $DATA --step-only --profile $MIX > $DATA/step.log 2>&1
   echo "step rc=$?"; grep -v Warning $DATA/step.log | tail -8
   cp $DATA/step.json $DATA/step_profile.txt "$OUT/" 2>/dev/null; head -40 "$OUT/step_profile.txt" 2>/dev/null
+fi
+if [ "${VARIANTS:-0}" = 1 ]; then
+  timeout 300 python3 tools/benchmark_paper_size.py --out $DATA --step-variants $MIX > $DATA/variants.log 2>&1
+  echo "variants rc=$?"; grep '^{' $DATA/variants.log; cp $DATA/step_variants.jsonl "$OUT/" 2>/dev/null
 fi
 if [ "${TUMSYN:-0}" = 1 ]; then
   timeout 120 python3 tools/benchmark_tumsyn.py --device cuda --whole-brain 197 233 189 --amp --skip-window \

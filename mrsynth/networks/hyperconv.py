@@ -56,10 +56,26 @@ def memoised_mixing():
         _MIX_MEMOS.pop()
 
 
-def rows_identical(t: torch.Tensor) -> bool:
-    """Whether every row ``t[b]`` equals ``t[0]`` exactly (always true for one row)."""
-    if t.shape[0] <= 1:
+def _compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller (never under TorchScript)."""
+    if not torch.jit.is_scripting():
+        return bool(torch.compiler.is_compiling())
+    return False
+
+
+def rows_identical(t: torch.Tensor, compare_values: bool = True) -> bool:
+    """Whether every row ``t[b]`` equals ``t[0]`` exactly (always true for one row).
+
+    A row expanded over the batch (stride 0 along it, as :class:`CodeEmbedding` returns for one
+    target) is identical by construction: no values are read. Otherwise the rows are compared
+    only with ``compare_values`` and outside ``torch.compile``, since reading the answer back is a
+    host synchronisation (and a graph break); without the comparison the answer is ``False``,
+    which sends the caller down its general path: the same result, only the shortcut is lost.
+    """
+    if t.shape[0] <= 1 or t.stride(0) == 0:
         return True
+    if not compare_values or _compiling():
+        return False
     return bool((t == t[:1]).all())
 
 
@@ -86,7 +102,9 @@ def code_to_onehot(code: torch.Tensor, num_codes: int, dtype: torch.dtype = torc
 
     Raises:
         ValueError: on any other shape, on floating-point indices, or on an index outside
-            ``[0, num_codes)``.
+            ``[0, num_codes)`` (of a CPU tensor in eager mode; on an accelerator or under
+            ``torch.compile`` an index outside is a device-side assertion instead, which does
+            not stop the host to read the indices back).
     """
     if code.dim() == 1:
         if code.is_floating_point() or code.is_complex():
@@ -95,10 +113,13 @@ def code_to_onehot(code: torch.Tensor, num_codes: int, dtype: torch.dtype = torc
                 f"pass a (B, {num_codes}) tensor for a one-hot or soft code"
             )
         if code.numel() > 0:
-            lo = int(code.min())
-            hi = int(code.max())
-            if lo < 0 or hi >= num_codes:
-                raise ValueError(f"target code indices must lie in [0, {num_codes}), got values in [{lo}, {hi}]")
+            if code.device.type == "cpu" and not _compiling():
+                lo = int(code.min())
+                hi = int(code.max())
+                if lo < 0 or hi >= num_codes:
+                    raise ValueError(f"target code indices must lie in [0, {num_codes}), got values in [{lo}, {hi}]")
+            else:  # on an accelerator or under torch.compile: a device-side check, no host synchronisation
+                torch._assert_async(((code >= 0) & (code < num_codes)).all(), "target code indices out of range")
         return F.one_hot(code.long(), num_codes).to(dtype)
     if code.dim() == 2 and code.shape[1] == num_codes:
         return code.to(dtype)
@@ -351,7 +372,7 @@ class HyperConv(nn.Module):
                 f"HyperConv coefficients must have shape (B, {self.num_kernels}) or (1, {self.num_kernels}) "
                 f"for a batch of {x.shape[0]}, got {list(coeff.shape)}"
             )
-        if rows_identical(coeff):
+        if rows_identical(coeff, compare_values=coeff.device.type == "cpu"):
             return self.conv_shared(x, coeff)
         return self.conv_per_sample(x, coeff)
 
@@ -365,7 +386,7 @@ class HyperConv(nn.Module):
         Returns:
             ``(B, C_out, *spatial_out)``.
         """
-        if code.shape[0] > 1 and rows_identical(code):
+        if code.shape[0] > 1 and rows_identical(code, compare_values=code.device.type == "cpu"):
             # decide on the code, not on the coefficients: a matrix product may round identical
             # rows differently, which would needlessly send the batch down the grouped path
             code = collapse_rows(code)
