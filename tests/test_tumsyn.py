@@ -662,6 +662,43 @@ def decode(v: torch.Tensor) -> torch.Tensor:
     return torch.stack([v % 100, (v // 100) % 100, v // 10000], dim=-1)
 
 
+def test_thick_slice_samples_scale_one_axis():
+    p = 8
+    d = ramp_case()
+    t = RandImplicitPaird(["t1", "t2"], patch_size=p, scale_range=(2, 2), num_points=300, num_samples=24,
+                          thick_slice_prob=1.0).set_random_state(0)
+    axes = set()
+    for s in t(d):
+        factors = s["scale_factors"].tolist()
+        assert sorted(factors) == [1.0, 1.0, 2.0] and float(s["scale"]) == 2.0
+        axis = factors.index(2.0)
+        axes.add(axis)
+        m = [int(p * f) for f in factors]  # the HR crop: 16 voxels along the thick axis, 8 across
+        assert s["image"].shape == (1, p, p, p)
+        local = ((s["coords"] + 1) * torch.tensor(m, dtype=torch.float32) - 1) / 2
+        torch.testing.assert_close(local, local.round(), atol=1e-4, rtol=0)
+        src_ramp = s["image_values"] / {"t1": 1.0, "t2": 2.0}[s["src_name"]]
+        start = decode(src_ramp) - local.round().long()
+        assert (start == start[0]).all()
+        # each LR voxel is the mean of two HR voxels along the thick axis only: the phantom's slabs
+        sl = tuple(slice(a, a + k) for a, k in zip(start[0].tolist(), m))
+        crop = d[s["src_name"]].as_tensor()[0][sl]
+        shape = [p, p, p]
+        shape.insert(axis + 1, 2)
+        expected = crop.reshape(shape).mean(axis + 1)
+        got = s["image"][0].as_tensor() if isinstance(s["image"], MetaTensor) else s["image"][0]
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+        vs = [2.0, 2.0, 2.0]
+        vs[axis] = 4.0  # the source's prompt: thick along that axis only
+        assert Prompt.parse(s["image_prompt"]).voxel_size == tuple(vs)
+        assert Prompt.parse(s["label_prompt"]).voxel_size == (2.0, 2.0, 2.0)
+    assert axes == {0, 1, 2}
+    iso = RandImplicitPaird(["t1", "t2"], patch_size=p, scale_range=(2, 2), num_points=10).set_random_state(0)
+    assert iso(d)[0]["scale_factors"].tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="thick_slice_prob"):
+        RandImplicitPaird(["t1"], thick_slice_prob=1.5)
+
+
 def test_implicit_sample_geometry_values_and_prompts():
     p = 8
     d = ramp_case()

@@ -344,3 +344,8 @@ def test_scale_curriculum_through_the_stacked_configs(protocol_phantom, tmp_path
                 and (h.warmup_epochs or h.ramp_epochs)]  # default: the paper's random scale from the start
     stage1 = parser(STAGE1, scale_range=[1, 1]).get_parsed_content("train#sampling")[0]
     assert stage1.scale_range == (1.0, 3.0)
+    # --thick_slice_prob reaches both of stage 2's samplers (training and validation); default 0, the paper's cube
+    thick = parser(STAGE2, thick_slice_prob=0.5)
+    assert [t[0].thick_slice_prob for t in (thick.get_parsed_content("train#sampling"),
+                                            thick.get_parsed_content("validate#sampling"))] == [0.5, 0.5]
+    assert parser(STAGE2).get_parsed_content("train#sampling")[0].thick_slice_prob == 0.0

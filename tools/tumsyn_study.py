@@ -183,11 +183,13 @@ def picture(sweep: dict, sr: dict, path: Path) -> None:
 
 
 def markdown(summary: dict, sweep: dict, sr: dict, args, timings: dict) -> str:
-    lines = [f"TUMSyn, quick.json{f' with {args.overrides}' if args.overrides else ''}, stage 1 {args.epochs1} / stage 2 "
+    stage1 = "stage 1 reused (`--skip-stage1`)" if args.skip_stage1 else f"stage 1 {args.epochs1}"
+    lines = [f"TUMSyn, quick.json{f' with {args.overrides}' if args.overrides else ''}, {stage1} / stage 2 "
              f"{args.epochs2} epochs, {args.subjects} training subjects at {args.spacing:g} mm with "
              f"{args.protocols} random protocols each (no PD-weighted one), test on {args.test_subjects} other subjects "
              f"(`python tools/tumsyn_study.py --out DIR{' --overrides ' + repr(args.overrides) if args.overrides else ''} "
-             f"--subjects {args.subjects} --epochs1 {args.epochs1} --epochs2 {args.epochs2}`); training "
+             f"--subjects {args.subjects} --epochs1 {args.epochs1} --epochs2 {args.epochs2}"
+             f"{' --skip-stage1' if args.skip_stage1 else ''}`); training "
              f"{timings.get('stage1', 0) / 60:.0f} + {timings.get('stage2', 0) / 60:.0f} min on this machine's CPU; "
              + {"model": "weights: models/model.pt.", "best_val": "weights: the best validation PSNR's (`--weights best_val`).",
                 "final": "weights: the last epoch's training checkpoint (`--weights final`)."}[args.weights], "",

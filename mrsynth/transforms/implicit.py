@@ -72,17 +72,22 @@ class RandImplicitPaird(Randomizable, MapTransform):
             the only thing that tells the samples apart, so a network that ignores it cannot fit
             them. ``num_samples`` must be a multiple of it. 1 (default): every sample draws its
             own pair and cube.
+        thick_slice_prob: probability that a sample's scale applies along one axis only (drawn at
+            random), the others kept at the image's voxel size: thick slices, the clinical
+            super-resolution case (the phantom's ``slice_thickness``), rather than the paper's
+            isotropic cube. 0 (default): every sample isotropic, as the paper.
 
     Each sample: ``image`` (the source cube, ``(1, P, P, P)``), ``label_lr`` (the target cube),
     ``coords`` ``(num_points, 3)`` (normalised, see :mod:`mrsynth.networks.tumsyn`), ``label``
     and ``image_values`` (``(num_points,)``: target and source at the queries), ``scale``,
+    ``scale_factors`` (``(3,)``: the scale along each axis, ``scale`` or 1),
     ``image_prompt`` / ``label_prompt``, ``src_name``, ``tgt_name``, ``case``.
     """
 
     def __init__(self, sequences: Sequence[str], patch_size: int = 20, scale_range=(1.0, 3.0), num_points: int = 8000,
                  num_samples: int = 1, identity: bool = False, foreground: float = 0.05,
                  prompt_suffix: str | None = "_prompt", fixed_seed: int | None = None,
-                 targets_per_source: int = 1) -> None:
+                 targets_per_source: int = 1, thick_slice_prob: float = 0.0) -> None:
         MapTransform.__init__(self, list(sequences), allow_missing_keys=True)
         self.sequences = [str(s) for s in sequences]
         self.patch_size, self.num_points, self.num_samples = int(patch_size), int(num_points), int(num_samples)
@@ -92,6 +97,9 @@ class RandImplicitPaird(Randomizable, MapTransform):
         self.identity, self.foreground = bool(identity), float(foreground)
         self.prompt_suffix, self.fixed_seed = prompt_suffix, fixed_seed
         self.targets_per_source = int(targets_per_source)
+        self.thick_slice_prob = float(thick_slice_prob)
+        if not 0.0 <= self.thick_slice_prob <= 1.0:
+            raise ValueError(f"thick_slice_prob must be in [0, 1], got {thick_slice_prob!r}")
         if self.targets_per_source < 1 or self.num_samples % self.targets_per_source:
             raise ValueError(f"targets_per_source ({targets_per_source}) must be >= 1 and divide num_samples "
                              f"({num_samples})")
@@ -145,7 +153,11 @@ class RandImplicitPaird(Randomizable, MapTransform):
                                 "one grid per case is needed", case or None)
         spatial = a.shape[1:]
         s = float(self.R.uniform(*self.scale_range))
-        m = [min(int(round(self.patch_size * s)), n) for n in spatial]
+        factors = [s, s, s]
+        if self.thick_slice_prob > 0 and self.R.uniform() < self.thick_slice_prob:  # no draw at 0: streams as before
+            factors = [1.0, 1.0, 1.0]
+            factors[int(self.R.randint(3))] = s
+        m = [min(int(round(self.patch_size * f)), n) for f, n in zip(factors, spatial)]
         fg = torch.nonzero(a[0] > self.foreground)
         centre = fg[int(self.R.randint(len(fg)))].tolist() if len(fg) else [n // 2 for n in spatial]
         start = [min(max(c - k // 2, 0), n - k) for c, k, n in zip(centre, m, spatial)]
@@ -164,8 +176,8 @@ class RandImplicitPaird(Randomizable, MapTransform):
         for tgt in targets:
             hr_b = torch.as_tensor(d[tgt]).float()[sl]
             lr_b = F.interpolate(hr_b[None], size=size, mode="area")[0]
-            out = {"image": lr_a.clone(), "label_lr": lr_b, "scale": torch.tensor(s), "src_name": src, "tgt_name": tgt,
-                   "case": case}
+            out = {"image": lr_a.clone(), "label_lr": lr_b, "scale": torch.tensor(s),
+                   "scale_factors": torch.tensor(factors), "src_name": src, "tgt_name": tgt, "case": case}
             if self.num_points:
                 out["coords"] = coords.clone()
                 out["label"], out["image_values"] = hr_b.reshape(-1)[t], hr_a.reshape(-1)[t]
