@@ -136,6 +136,9 @@ def test_evaluation_scores_a_held_out_protocol(trained_tumsyn, protocol_phantom,
         assert r["r_brain"] and float(r["oracle_r_brain"]) > 0.5  # the known answer is there for every target
     summary = json.loads((out / "summary.json").read_text())
     assert "t1->pd_se" in summary["pairs"]
+    # the picture grid of the first case (map_previews 1): source, synthesis, truth, difference per pair
+    grids = sorted((out / "grids").glob("*.png"))
+    assert [g.name for g in grids] == ["PHANTOM_0000.png"] and grids[0].stat().st_size > 5000
 
 
 def test_torchscript_export_matches_checkpoint(trained_tumsyn, tmp_path):
