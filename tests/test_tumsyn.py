@@ -594,6 +594,21 @@ def test_tumsyn_step_is_half_forward_plus_half_backward_l1():
     assert float(only["loss"].detach()) == pytest.approx(float(0.5 * lf), rel=1e-5)
 
 
+def test_tumsyn_step_backward_asks_for_the_source_at_the_queries_voxel_size():
+    """With ``image_prompt_query_tokens`` (the source's prompt at the queries' voxel size) in the
+    batch, the target -> source direction is conditioned on it, not on ``image_prompt_tokens``
+    (the source at the cube's coarser voxel size, which the queries are not)."""
+    net = tiny_tumsyn().train()
+    batch = tumsyn_batch()
+    batch["image_prompt_query_tokens"] = tokens([4, 5, 6], [7])
+    out = TUMSynTrainStep(loss=torch.nn.L1Loss()).compute(net, batch)
+    with torch.no_grad():
+        query = net(batch["label_lr"], batch["image_prompt_query_tokens"], batch["coords"])
+        cube = net(batch["label_lr"], batch["image_prompt_tokens"], batch["coords"])
+    assert (query - cube).abs().max() > 1e-4  # the prompts differ in what the network makes of them
+    assert float(out["loss_backward"]) == pytest.approx(float((query - batch["image_values"]).abs().mean()), rel=1e-5)
+
+
 def test_tumsyn_step_passes_each_direction_its_own_acquisition_parameters():
     net = tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES).train()
     with torch.no_grad():
@@ -691,7 +706,7 @@ def test_thick_slice_samples_scale_one_axis():
         vs = [2.0, 2.0, 2.0]
         vs[axis] = 4.0  # the source's prompt: thick along that axis only
         assert Prompt.parse(s["image_prompt"]).voxel_size == tuple(vs)
-        assert Prompt.parse(s["label_prompt"]).voxel_size == (2.0, 2.0, 2.0)
+        assert Prompt.parse(s["label_prompt"]).voxel_size == Prompt.parse(s["image_prompt_query"]).voxel_size == (2.0, 2.0, 2.0)
     assert axes == {0, 1, 2}
     iso = RandImplicitPaird(["t1", "t2"], patch_size=p, scale_range=(2, 2), num_points=10).set_random_state(0)
     assert iso(d)[0]["scale_factors"].tolist() == [2.0, 2.0, 2.0]
@@ -730,6 +745,8 @@ def test_implicit_sample_geometry_values_and_prompts():
         # the source's prompt is at the LR voxel size (2 mm * 16 / 8), the target's at its own
         src_p, tgt_p = Prompt.parse(s["image_prompt"]), Prompt.parse(s["label_prompt"])
         assert src_p.voxel_size == (4.0, 4.0, 4.0) and tgt_p.voxel_size == (2.0, 2.0, 2.0)
+        # what the target -> source direction asks for: the source at the queries' voxel size
+        assert Prompt.parse(s["image_prompt_query"]) == src_p.replace(voxel_size=(2.0, 2.0, 2.0))
         assert src_p.modality == {"t1": "T1w", "t2": "T2w"}[s["src_name"]]
         assert tgt_p.modality == {"t1": "T1w", "t2": "T2w"}[s["tgt_name"]]
         assert tgt_p.tr == {"t1": 500.0, "t2": 4000.0}[s["tgt_name"]]

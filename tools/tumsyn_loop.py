@@ -235,7 +235,7 @@ def run(a) -> list[tuple[int, str, dict]]:
             fwd, bwd = (torch.cat([ta, sa], 1), torch.cat([sa, ta], 1)) if a.source_acquisition else (ta, sa)
             if step % 10 == 0:
                 gain.append(prompt_gain(net, b, fwd, l1))
-            out_fwd, out_bwd = TUMSynTrainStep.passes(net, b["image"], b["label_lr"], b["image_prompt_tokens"],
+            out_fwd, out_bwd = TUMSynTrainStep.passes(net, b["image"], b["label_lr"], b["image_prompt_query_tokens"],
                                                       b["label_prompt_tokens"], b["coords"], True, bwd, fwd)
             loss = 0.5 * l1(out_fwd, b["label"]) + 0.5 * l1(out_bwd, b["image_values"])
             opt.zero_grad()

@@ -7,7 +7,8 @@
   with ``L`` the trainer's ``loss_function`` (the paper: L1).
 
 Batch keys are those of :class:`~mrsynth.transforms.RandImplicitPaird` followed by
-:class:`~mrsynth.transforms.TokenizePromptd` on ``image_prompt`` / ``label_prompt`` (and
+:class:`~mrsynth.transforms.TokenizePromptd` on ``image_prompt_query`` (or ``image_prompt``) /
+``label_prompt`` (and
 :class:`~mrsynth.transforms.AcquisitionFeaturesd` on both, ``*_prompt_acquisition``, for a
 network that reads the acquisition parameters; without those keys it gets ``None``).
 """
@@ -121,8 +122,11 @@ class TUMSynTrainStep(TrainStep):
         return out[:n], out[n:]
 
     def outputs(self, network, batch: dict) -> dict:
+        # target -> source asks for the source at the queries' voxel size (image_prompt_query), not at
+        # the cube's, which image_prompt states (a batch without it: image_prompt, as before)
+        back_tokens = batch["image_prompt_query_tokens" if "image_prompt_query_tokens" in batch else "image_prompt_tokens"]
         fwd, bwd = run_as_forward(network, self.passes, batch[Keys.IMAGE], batch["label_lr"],
-                                  batch["image_prompt_tokens"], batch["label_prompt_tokens"], batch["coords"],
+                                  back_tokens, batch["label_prompt_tokens"], batch["coords"],
                                   bool(self.backward_weight), batch.get("image_prompt_acquisition"),
                                   batch.get("label_prompt_acquisition"))
         return {"pred": fwd, "backward": bwd}

@@ -81,7 +81,9 @@ class RandImplicitPaird(Randomizable, MapTransform):
     ``coords`` ``(num_points, 3)`` (normalised, see :mod:`mrsynth.networks.tumsyn`), ``label``
     and ``image_values`` (``(num_points,)``: target and source at the queries), ``scale``,
     ``scale_factors`` (``(3,)``: the scale along each axis, ``scale`` or 1),
-    ``image_prompt`` / ``label_prompt``, ``src_name``, ``tgt_name``, ``case``.
+    ``image_prompt`` / ``label_prompt`` (the source at the cube's voxel size, the target at the
+    queries'), ``image_prompt_query`` (the source at the queries' voxel size: what the target ->
+    source direction is asked for; with queries only), ``src_name``, ``tgt_name``, ``case``.
     """
 
     def __init__(self, sequences: Sequence[str], patch_size: int = 20, scale_range=(1.0, 3.0), num_points: int = 8000,
@@ -194,5 +196,7 @@ class RandImplicitPaird(Randomizable, MapTransform):
                 if key not in d:
                     raise DataError(f"no prompt for image {name!r} (key {key!r}): add PromptFromSidecard", case or None)
                 out[f"{role}_prompt"] = scaled_prompt(d[key], f, _spacing(d[name]))
+            if self.num_points:  # what the target -> source direction asks for: the source at the queries' voxel size
+                out["image_prompt_query"] = scaled_prompt(d[f"{src}{self.prompt_suffix}"], 1.0, _spacing(d[src]))
         return out
 
