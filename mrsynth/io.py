@@ -45,15 +45,24 @@ def load_nifti(path, dtype=np.float32, check_finite: bool = True):
     return arr, img.affine.copy(), img.header
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(dest, suffix: str = ""):
-    """Yield a temporary path beside ``dest``; move it onto ``dest`` only if the block succeeds."""
+    """Yield a temporary path beside ``dest``; move it onto ``dest`` only if the block succeeds.
+    The file gets the permissions ``open`` would give it (``0o666`` less the umask), not the
+    owner-only ones of a temporary file."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or "".join(dest.suffixes), dir=dest.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

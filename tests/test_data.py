@@ -359,3 +359,21 @@ def test_bad_input_error_line_and_hook(capsys):
     assert calls == [RuntimeError, ValueError]  # the usual traceback first, for both
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: /data/C0/C0_t1.nii.gz: 3 NaN/Inf voxel(s) in 't1' clean the image"]
+
+
+def test_written_files_get_the_usual_permissions_not_a_temporary_files(tmp_path):
+    """Atomic writes go through a temporary file (owner-only, 0600); the result is readable as a
+    plain ``open`` would leave it (0666 less the umask), so that another user (a server) can read it."""
+    import os
+    import stat
+
+    from mrsynth.metrics import save_pair_grid
+
+    old = os.umask(0o022)
+    try:
+        f = save_nifti(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "X_t1.nii.gz")
+        png = save_pair_grid([("t1 -> t2", np.zeros((8, 8)), np.zeros((8, 8)), np.ones((8, 8)))], tmp_path / "g.png")
+        assert stat.S_IMODE(f.stat().st_mode) == stat.S_IMODE(png.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
