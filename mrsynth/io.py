@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,24 +45,18 @@ def load_nifti(path, dtype=np.float32, check_finite: bool = True):
     return arr, img.affine.copy(), img.header
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_path(dest, suffix: str = ""):
     """Yield a temporary path beside ``dest``; move it onto ``dest`` only if the block succeeds.
-    The file gets the permissions ``open`` would give it (``0o666`` less the umask), not the
-    owner-only ones of a temporary file."""
+    The temporary file is created as ``open`` creates files (``0o666`` less the umask), so that
+    ``dest`` is not left owner-only as a :func:`tempfile.mkstemp` file would be."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or "".join(dest.suffixes), dir=dest.parent)
-    os.close(fd)
+    suffix = suffix or "".join(dest.suffixes)
+    tmp = str(dest.parent / f".{dest.name}.{secrets.token_hex(8)}{suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # never another writer's file
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

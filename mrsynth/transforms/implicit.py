@@ -191,12 +191,13 @@ class RandImplicitPaird(Randomizable, MapTransform):
     def _prompts(self, out: dict, d: dict, src: str, tgt: str, m: list[int], case: str) -> dict:
         if self.prompt_suffix is not None:
             factors = [mi / self.patch_size for mi in m]  # per-axis: the source voxel grows by m / P
-            for role, name, f in (("image", src, factors), ("label", tgt, [1.0, 1.0, 1.0])):
+            prompts = [("image_prompt", src, factors), ("label_prompt", tgt, 1.0)]
+            if self.num_points:  # what the target -> source direction asks for: the source at the queries' voxel size
+                prompts.append(("image_prompt_query", src, 1.0))
+            for out_key, name, f in prompts:
                 key = f"{name}{self.prompt_suffix}"
                 if key not in d:
                     raise DataError(f"no prompt for image {name!r} (key {key!r}): add PromptFromSidecard", case or None)
-                out[f"{role}_prompt"] = scaled_prompt(d[key], f, _spacing(d[name]))
-            if self.num_points:  # what the target -> source direction asks for: the source at the queries' voxel size
-                out["image_prompt_query"] = scaled_prompt(d[f"{src}{self.prompt_suffix}"], 1.0, _spacing(d[src]))
+                out[out_key] = scaled_prompt(d[key], f, _spacing(d[name]))
         return out
 
