@@ -419,6 +419,34 @@ def test_query_to_decoder_gives_the_decoder_the_prompt_at_every_point():
     assert tiny_tumsyn(acquisition_features=ACQUISITION_FEATURES).decoder.mlp[0].in_features == 8 + 6  # the paper's decoder
 
 
+def test_source_skip_lets_the_decoder_read_the_sources_trilinear_interpolation():
+    """source_skip: the image joins the sampled features (after the fused ones, before the
+    constant channels), so a decoder whose MLP passes that one input through returns exactly the
+    trilinear interpolation of the source at every query point, off the voxel centres too, which
+    no encoder stands in the way of; scripting keeps it; without it the decoder is the paper's."""
+    net = tiny_tumsyn(source_skip=True).eval()
+    assert net.decoder.mlp[0].in_features == 8 + 1 + 6
+    image, tok, coords = tumsyn_inputs()
+    with torch.no_grad():
+        f = net.encode(image, net.encode_text(tok))
+        assert f.shape == (2, 9, *image.shape[2:])
+        torch.testing.assert_close(f[:, 8:], image)
+        for layer in net.decoder.mlp:  # hidden unit 0 carries the skip input (non-negative: ReLU passes it)
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_(), layer.bias.zero_()
+                layer.weight[0, 8 if layer is net.decoder.mlp[0] else 0] = 1.0
+        y = net(image, tok, coords)
+        torch.testing.assert_close(y, sample_features(image, coords)[..., 0])
+        torch.testing.assert_close(torch.jit.script(net)(image, tok, coords), y)
+    assert net.decoder.mlp[0].in_features - tiny_tumsyn().decoder.mlp[0].in_features == 1
+    # with the signal head's constant channels after it, the skip channel still comes first
+    net = tiny_tumsyn(source_skip=True, acquisition_features=ACQUISITION_FEATURES, signal_head=True,
+                      source_mixture=True).eval()
+    with torch.no_grad():
+        f = net.encode(image, net.encode_text(tok, torch.rand(2, ACQUISITION_FEATURES)))
+        torch.testing.assert_close(f[:, 8:9], image)
+
+
 def test_fusion_film_starts_as_identity():
     net = tiny_tumsyn().eval()
     f = torch.randn(2, 8, 3, 3, 3)

@@ -221,7 +221,7 @@ def test_configs_share_the_network_and_normalisation():
     train, infer = parser(["train_text_encoder", "train"]), parser(["inference"])
     for key in ("context_length", "text_width", "text_heads", "text_layers", "embed_dim", "features", "num_blocks",
                 "heads", "adapter_hidden", "decoder_channels", "text_encoder_def", "network_def", "layout",
-                "signal_head", "source_mixture", "mixture_scale"):
+                "signal_head", "source_mixture", "mixture_scale", "source_skip"):
         assert train[key] == infer[key], key
     def plain(transforms):
         return [{k: v for k, v in t.items() if k != "_desc_"} for t in transforms if "PromptFromSidecard" not in t["_target_"]]

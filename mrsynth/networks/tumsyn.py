@@ -374,6 +374,11 @@ class TUMSyn(nn.Module):
             the source's protocol too (its sidecar). Not the paper's.
         mixture_scale: with ``source_mixture``, the composition logits are multiplied by this
             (:class:`ImplicitDecoder`); 1 by default.
+        source_skip: the source image itself joins the features the decoder samples at each
+            query point (``in_channels`` more channels): the decoder then reads the source's
+            trilinear interpolation at the point beside the encoder's features, a skip
+            connection past the encoder, so that detail the source holds (in plane, for thick
+            slices) need not survive the encoder to reach the output. Not the paper's.
 
     ``forward(image (B, 1, X, Y, Z), tokens (B, L), coords (B, N, 3), acquisition (B, A) or
     None) -> (B, N)``; ``acquisition`` is required when ``acquisition_features > 0``. Inference
@@ -385,7 +390,7 @@ class TUMSyn(nn.Module):
                  heads: int = 4, adapter_hidden: int = 256, decoder_channels=(256, 256, 256, 256),
                  train_text_encoder: bool = False, acquisition_features: int = 0, query_to_decoder: bool = False,
                  signal_head: bool = False, source_mixture: bool = False, source_protocol: bool = False,
-                 mixture_scale: float = 1.0) -> None:
+                 mixture_scale: float = 1.0, source_skip: bool = False) -> None:
         super().__init__()
         from ..transforms.prompt import ACQUISITION_FEATURES, NUMBER_FEATURES, SIGNAL_FEATURES
 
@@ -425,9 +430,11 @@ class TUMSyn(nn.Module):
             with torch.no_grad():
                 self.readout.bias.copy_(torch.tensor([math.log(math.expm1(2.0)), 0.0]))
         self.query_to_decoder = bool(query_to_decoder)
+        self.source_skip = bool(source_skip)
         self.embed_dim = text_encoder.embed_dim
         source_signals = SIGNAL_FEATURES if self.source_protocol else 0
         self.decoder = ImplicitDecoder((2 * features if self.query_to_decoder else features) + self.num_signals
+                                       + (int(in_channels) if self.source_skip else 0)
                                        + (2 if self.source_mixture else 0) + source_signals,
                                        tuple(decoder_channels), self.num_signals, self.source_mixture, source_signals,
                                        mixture_scale)
@@ -465,12 +472,14 @@ class TUMSyn(nn.Module):
         channels, which every query point samples unchanged; with ``signal_head`` the 36 signal
         features after them, constant too; with ``source_mixture`` the unfused features, the
         signals, the gain and the offset; with ``source_protocol`` the source's signals between the
-        features and the target's signals)."""
+        features and the target's signals; with ``source_skip`` the image itself right after the
+        features, before every constant channel)."""
         signals = text[:, self.embed_dim:self.embed_dim + self.num_signals]
         source_signals = text[:, self.embed_dim + self.num_signals:]
         text = text[:, :self.embed_dim]
         f = self.encoder(image)
         constant = []
+        skip = image.to(f.dtype) if self.source_skip else None
         if self.source_protocol:  # read by the decoder's MLP (before the read-out's channels)
             constant.append(source_signals.to(f.dtype))
         fusion = self.fusion
@@ -478,6 +487,8 @@ class TUMSyn(nn.Module):
             f = fusion(f, text)
             if self.query_to_decoder:
                 constant.append(fusion.text_query(text).to(f.dtype))
+        if skip is not None:  # sampled at every point like the features (before the constant channels)
+            f = torch.cat([f, skip], 1)
         if self.signal_head:
             constant.append(signals.to(f.dtype))
         readout = self.readout
